@@ -1,0 +1,138 @@
+"""The typed schema of `pipeline_config.yaml`: one section per stage.
+
+Every section rejects unknown keys, so a typo stops the run with the key's name. Read it
+with `pipeline.config_loader.load_config`, never by hand.
+
+Example:
+    >>> cfg = PipelineConfig.model_validate({"tokenizer": {"kind": "char"}})
+    >>> cfg.tokenizer.kind, cfg.tokenizer.max_vocab
+    ('char', 10000)
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Globs = list[str]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    # File globs (or a list of them). `builtin:python-docs` is the demo corpus.
+    train: Globs = Field(default_factory=lambda: ["builtin:python-docs"])
+    # Empty: split documents of `train` by a stable hash with the fractions below.
+    valid: Globs = Field(default_factory=list)
+    test: Globs = Field(default_factory=list)
+    valid_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    # text: one document per file, each line a sentence; lines: each line a document;
+    # jsonl: each line a JSON object whose `text_field` holds a document.
+    format: Literal["text", "lines", "jsonl"] = "text"
+    text_field: str = Field("text", min_length=1)
+
+    @field_validator("train", "valid", "test", mode="before")
+    @classmethod
+    def _one_glob_or_many(cls, value: object) -> object:
+        if value is None:
+            return []
+        if isinstance(value, str):
+            return [value] if value.strip() else []
+        return value
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_data(self) -> "DataConfig":
+        total = (0.0 if self.valid else self.valid_fraction) + (
+            0.0 if self.test else self.test_fraction
+        )
+        if total >= 1.0:
+            raise ValueError(
+                f"valid_fraction + test_fraction = {total:g} leaves no training data; "
+                "allowed: a sum below 1"
+            )
+        if not self.train:
+            raise ValueError("data.train is empty; give at least one file glob")
+        return self
+
+
+class TokenizerConfig(_Section):
+    kind: Literal["word", "char", "subword"] = "word"
+    lowercase: bool = False
+    # Learned entries, not counting the reserved <pad> <unk> <bos> <eos>.
+    max_vocab: int = Field(10000, ge=1)
+    min_count: int = Field(1, ge=1)
+    add_eos: bool = True  # append <eos> at each line end
+    max_chars_per_word: int = Field(100, ge=1)  # subword: longer words become <unk>
+
+
+class PreprocessConfig(_Section):
+    output_dir: str = "work/data"  # one sub-folder per dataset fingerprint
+    num_shards: int = Field(0, ge=0)  # 0: one shard per bundle (no shuffle), as the runner decides
+    drop_empty_lines: bool = True
+    max_line_chars: int = Field(1_000_000, ge=1000)  # longer lines are cut at whitespace
+    max_lines_per_record: int = Field(1000, ge=1)  # `text` documents are stored in parts
+    batch_lines: int = Field(1024, ge=1)  # lines per tokenizer call
+
+
+class ModelConfig(_Section):
+    cell: Literal["lstm", "rnn"] = "lstm"
+    embedding_dim: int = Field(200, ge=1)
+    hidden_dim: int = Field(200, ge=1)
+    num_layers: int = Field(2, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    recurrent_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    tie_embeddings: bool = False
+
+
+class TrainConfig(_Section):
+    output_dir: str = "work/train"
+    batch_size: int = Field(20, ge=1)
+    bptt: int = Field(35, ge=1)
+    epochs: int = Field(13, ge=1)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    learning_rate: float = Field(1.0, gt=0.0)
+    lr_decay: float = Field(0.5, gt=0.0, le=1.0)
+    lr_decay_start_epoch: int = Field(4, ge=1)
+    clip_norm: float = Field(5.0, gt=0.0)
+    init_scale: float = Field(0.1, gt=0.0)
+    checkpoint_every: int = Field(0, ge=0)  # steps; 0: only at epoch ends
+    early_stopping_patience: int = Field(0, ge=0)  # epochs; 0: off
+    precision: Literal["float32", "mixed_bfloat16"] = "float32"
+    seed: int = 0
+
+
+class TrackingConfig(_Section):
+    uri: str = "sqlite:///work/mlflow.db"
+    experiment: str = Field("lmpipe", min_length=1)
+    registered_model: str = Field("lmpipe-lm", min_length=1)
+
+
+class ExportConfig(_Section):
+    base_path: str = "work/export"
+    model_name: str = Field("lm", pattern=r"^[A-Za-z0-9_.-]+$")
+    default_signature: Literal["greedy", "beam_search", "sample", "top_k", "top_p"] = "top_p"
+    max_new_tokens: int = Field(256, ge=1)  # cap on a request's max_new_tokens
+    keep_versions: int = Field(5, ge=1)
+
+
+class ServeConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8501, ge=1, le=65535)
+    max_batch_size: int = Field(64, ge=1)
+
+
+class PipelineConfig(_Section):
+    """The whole config: one section per stage."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)

@@ -1,0 +1,19 @@
+"""Errors that reach the user as one clear line, each with its own exit code."""
+
+
+class LmpipeError(Exception):
+    """Base of the errors the CLI prints as one line (no traceback)."""
+
+    exit_code = 1
+
+
+class ConfigError(LmpipeError):
+    """The config file or a --set override is wrong: a key, a type or a value."""
+
+    exit_code = 2
+
+
+class InputDataError(LmpipeError):
+    """The corpus cannot be used: missing path, empty glob, binary file, empty corpus."""
+
+    exit_code = 3

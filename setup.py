@@ -1,0 +1,25 @@
+"""lmpipe: LSTM language models with TensorFlow/Keras, from Beam preprocessing to TF Serving."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="lmpipe",
+    version="0.1.0",
+    description="Train LSTM language models with TensorFlow/Keras and serve text generation",
+    python_requires=">=3.11,<3.12",
+    packages=find_packages(include=["pipeline", "pipeline.*", "trainer", "trainer.*",
+                                    "serving", "serving.*"]),
+    install_requires=[
+        "tensorflow>=2.21,<2.22",
+        "tensorflow-text>=2.21,<2.22",
+        "keras>=3.10,<4",
+        "mlflow>=3,<4",
+        "apache-beam[tfrecord]>=2.77,<2.78",
+        "pydantic>=2.6,<3",
+        "pyyaml>=6,<7",
+        "numpy>=1.26,<3",
+        "matplotlib>=3.8,<4",
+    ],
+    extras_require={"test": ["pytest>=8,<10"]},
+    entry_points={"console_scripts": ["lmpipe=pipeline.cli:main"]},
+)
