@@ -155,18 +155,22 @@ def _write_metadata(out_dir, files, config, fingerprint, seconds) -> dict:
 
 def _check_splits(stats: dict, config: PipelineConfig) -> None:
     splits = stats["splits"]
-    if splits["train"]["tokens"] == 0:
+    if all(splits[s]["tokens"] == 0 for s in SPLITS):
         raise InputDataError(
-            "data.train holds no text: every line was empty or unreadable "
+            "the corpus holds no text: every line was empty or unreadable "
             f"(inputs: {', '.join(i['path'] for i in stats['inputs'][:3])})")
-    for split in ("valid", "test"):
-        if splits[split]["tokens"] == 0:
-            source = (f"data.{split}" if getattr(config.data, split) else
-                      f"the {split}_fraction share of data.train's documents")
-            hint = ("" if getattr(config.data, split) else
-                    "; give more documents, raise the fraction, use data.format: lines, "
-                    f"or set data.{split} to its own files")
-            raise InputDataError(f"the {split} split is empty: {source} holds no text{hint}")
+    hashed = not config.data.valid or not config.data.test
+    for split in SPLITS:
+        if splits[split]["tokens"]:
+            continue
+        if split != "train" and getattr(config.data, split):
+            raise InputDataError(f"the {split} split is empty: data.{split} holds no text")
+        source = ("data.train" if not hashed else "data.train after the hash split"
+                  if split == "train" else f"the {split}_fraction share of data.train")
+        hint = ("" if not hashed else
+                "; give more documents, change the fractions, use data.format: lines, "
+                "or give data.valid and data.test their own files")
+        raise InputDataError(f"the {split} split is empty: {source} holds no text{hint}")
 
 
 def _publish(tmp_dir: str, final_dir: str) -> None:

@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny corpora written to temp folders, and a quiet TensorFlow."""
+
+import glob
+import gzip
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+CORPORA = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "corpora"))
+
+
+def write(path, text, mode="w"):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, mode) as f:
+        f.write(text)
+    return str(path)
+
+
+def read_split(dataset_dir, split):
+    """Every record of one split as dicts, in (doc, offset) order."""
+    from pipeline.records import parse_example
+    import tensorflow as tf
+
+    records = []
+    for path in sorted(glob.glob(os.path.join(dataset_dir, f"{split}-*.tfrecord.gz"))):
+        for raw in tf.data.TFRecordDataset(path, compression_type="GZIP").as_numpy_iterator():
+            records.append(parse_example(raw))
+    return sorted(records, key=lambda r: (r["doc"], r["offset"]))
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp_dir(tmp_path, monkeypatch):
+    """Run each test in its own folder: no pipeline_config.yaml there, so the CLI
+    starts from the schema's defaults and writes nothing into the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def tiny_corpus(tmp_path):
+    """Train / valid / test files whose token ids are known by hand."""
+    return {
+        "train": write(tmp_path / "corpus" / "train.txt", "the cat sat\nthe dog\n"),
+        "valid": write(tmp_path / "corpus" / "valid.txt", "the cat\n"),
+        "test": write(tmp_path / "corpus" / "test.txt", "a cat\n"),
+    }
+
+
+def preprocess_args(tmp_path, corpus, *extra):
+    args = ["preprocess", "--set", f"preprocess.output_dir={tmp_path / 'data'}"]
+    for split, path in corpus.items():
+        args += ["--set", f"data.{split}={path}"]
+    return args + list(extra)
