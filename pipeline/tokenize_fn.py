@@ -12,6 +12,8 @@ import collections
 from typing import Sequence
 
 import apache_beam as beam
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
 import numpy as np
 import tensorflow as tf
 
@@ -56,19 +58,26 @@ def _encode(tokenizer, lines):
 
 
 class TokenizeFn(beam.DoFn):
-    """list[Chunk] -> serialized records tagged by split, and (split, stats) on STATS_TAG."""
+    """list[Chunk] -> serialized records tagged by split; (split, stats) on STATS_TAG.
+
+    Stats are summed over the whole bundle and emitted once per bundle and split, so the
+    combiner downstream sees a handful of vocabulary-sized partials, not one per batch.
+    """
 
     def __init__(self, spec: TokenizerSpec) -> None:
         self._spec = spec
         self._tokenizer: Tokenizer | None = None
         self._vocab_size = 0
+        self._stats: dict[str, dict] = {}
+
+    def start_bundle(self) -> None:
+        self._stats = {}
 
     def process(self, chunks: list[Chunk], vocab: list[str]):
         if self._tokenizer is None or self._vocab_size != len(vocab):
             self._tokenizer = Tokenizer(self._spec, vocab=vocab)
             self._vocab_size = len(vocab)
         values, splits, literal_unk = encode_batch(self._tokenizer, chunks)
-        stats = collections.defaultdict(collections.Counter)
         by_split = collections.defaultdict(list)
         line = 0
         for chunk in chunks:
@@ -77,17 +86,26 @@ class TokenizeFn(beam.DoFn):
             if len(ids):
                 yield beam.pvalue.TaggedOutput(
                     chunk.split, encode_example(ids.tolist(), chunk.doc, chunk.offset))
-            s = stats[chunk.split]
-            s["documents"] += int(chunk.first)
-            s["lines"] += sum(chunk.eos_after)
-            s["tokens"] += len(ids)
-            s["literal_unk"] += int(literal_unk[start:line].sum())
-            by_split[chunk.split].append(ids)
+            by_split[chunk.split].append((chunk, ids, int(literal_unk[start:line].sum())))
         for split, parts in by_split.items():
-            ids = np.concatenate(parts)
-            unk = int(np.count_nonzero(ids == UNK_ID))
-            partial = dict(stats[split])
-            partial["unk_tokens"] = unk
-            partial["oov_tokens"] = unk - partial.pop("literal_unk")
-            partial[ID_COUNTS] = np.bincount(ids, minlength=self._vocab_size)
-            yield beam.pvalue.TaggedOutput(STATS_TAG, (split, partial))
+            self._add_stats(split, parts)
+
+    def _add_stats(self, split: str, parts: list[tuple[Chunk, np.ndarray, int]]) -> None:
+        s = self._stats.get(split)
+        if s is None:
+            s = self._stats[split] = collections.Counter()
+            s[ID_COUNTS] = np.zeros(self._vocab_size, np.int64)
+        ids = np.concatenate([p[1] for p in parts])
+        unk = int(np.count_nonzero(ids == UNK_ID))
+        s["documents"] += sum(int(chunk.first) for chunk, _, _ in parts)
+        s["lines"] += sum(sum(chunk.eos_after) for chunk, _, _ in parts)
+        s["tokens"] += len(ids)
+        s["unk_tokens"] += unk
+        s["oov_tokens"] += unk - sum(p[2] for p in parts)
+        s[ID_COUNTS] += np.bincount(ids, minlength=self._vocab_size)
+
+    def finish_bundle(self):
+        for split, stats in self._stats.items():
+            yield beam.pvalue.TaggedOutput(STATS_TAG, WindowedValue(
+                (split, dict(stats)), GlobalWindow().max_timestamp(), [GlobalWindow()]))
+        self._stats = {}
