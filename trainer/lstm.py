@@ -1,0 +1,173 @@
+"""Our LSTM layer: the gate equations written out, fast on CPU, masks and states explicit.
+
+    i = sigmoid(x W_i + h U_i + b_i)        input gate
+    f = sigmoid(x W_f + h U_f + b_f)        forget gate
+    g = tanh(x W_g + h U_g + b_g)           candidate
+    o = sigmoid(x W_o + h U_o + b_o)        output gate
+    c' = f * c + i * g
+    h' = o * tanh(c')
+
+Speed: one matmul for all four gates; the input projection of the whole sequence is one
+large matmul before the time loop; inside the graph loop (tf.while_loop) only `h @ U`.
+Each step's projected input is read from a TensorArray (unstacked once), because indexing
+a tensor inside the loop makes the backward pass grow with the square of the length.
+The backward pass is written by hand (`tf.custom_gradient`): its loop carries only the
+elementwise gate derivatives and `dz @ U^T`; the weight gradients are two large matmuls
+over the whole sequence after the loop.
+
+Kernel layout matches `keras.layers.LSTM` (gate blocks i, f, g, o), so weights carry over.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from trainer.recurrent_base import RecurrentLayer, masked_time_major
+
+
+@keras.saving.register_keras_serializable(package="lmpipe")
+class LSTM(RecurrentLayer):
+    """Long short-term memory layer returning the sequence and the final (h, c).
+
+    Args:
+        units: hidden size H.
+        unit_forget_bias: start the forget-gate bias at 1 (Jozefowicz et al. 2015).
+        dropout: variational dropout rate on the inputs (one mask for all time steps).
+        recurrent_dropout: variational dropout rate on h before `h @ U`.
+        kernel_initializer, recurrent_initializer, bias_initializer: Keras initializers.
+
+    Call: `layer(x [B, T, D], initial_state=[h [B, H], c [B, H]], mask=[B, T] bool,
+    training=bool, seed=[2] int)` -> `(outputs [B, T, H], [h [B, H], c [B, H]])`.
+    At a masked (padded) step the state is left unchanged and the output is zeros, as
+    `keras.layers.LSTM(zero_output_for_mask=True)` does.
+
+    Example:
+        >>> layer = LSTM(4)
+        >>> out, (h, c) = layer(tf.zeros([2, 5, 3]))
+        >>> out.shape, h.shape
+        (TensorShape([2, 5, 4]), TensorShape([2, 4]))
+    """
+
+    gates = 4
+    state_names = ("h", "c")
+
+    def __init__(self, units: int, unit_forget_bias: bool = True, **kwargs) -> None:
+        super().__init__(units, **kwargs)
+        self.unit_forget_bias = unit_forget_bias
+
+    def _bias_initializer(self):
+        if not self.unit_forget_bias:
+            return self.bias_initializer
+        base = self.bias_initializer
+        units = self.units
+
+        def init(shape, dtype=None):
+            b = base((units,), dtype=dtype)
+            return tf.concat([b, tf.ones((units,), dtype), base((2 * units,), dtype=dtype)], 0)
+
+        return init
+
+    def _run(self, xw, states, mask_tm, recurrent_kernel, rec_mask):
+        h0, c0 = states
+        return _lstm_sequence(xw, h0, c0, recurrent_kernel, mask_tm, rec_mask)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "unit_forget_bias": self.unit_forget_bias}
+
+
+def _lstm_sequence(xw, h0, c0, u, mask_tm, rec_mask):
+    """xw [T, B, 4H] time-major projected inputs -> (outputs [T, B, H], h, c)."""
+
+    @tf.custom_gradient
+    def run(xw, h0, c0, u):
+        hs, cs, gates = _forward(xw, h0, c0, u, mask_tm, rec_mask)
+
+        def grad(d_hs, d_h, d_c):
+            return _backward(d_hs, d_h, d_c, hs, cs, gates, h0, c0, u, mask_tm, rec_mask)
+
+        return (hs, hs[-1], cs[-1]), grad
+
+    outputs, h, c = run(xw, h0, c0, u)
+    return outputs, [h, c]
+
+
+def _forward(xw, h0, c0, u, mask_tm, rec_mask):
+    steps = tf.shape(xw)[0]
+    units = tf.shape(h0)[-1]
+    xs = tf.TensorArray(xw.dtype, size=steps, infer_shape=False).unstack(xw)
+    masks = masked_time_major(mask_tm, steps)
+    hs = tf.TensorArray(h0.dtype, size=steps)
+    cs = tf.TensorArray(c0.dtype, size=steps)
+    acts = tf.TensorArray(xw.dtype, size=steps)
+
+    def body(t, h, c, hs, cs, acts):
+        hr = h * rec_mask if rec_mask is not None else h
+        z = xs.read(t) + tf.matmul(hr, u)
+        s = tf.sigmoid(z)
+        i, f, _, o = tf.split(s, 4, axis=-1)
+        g = tf.tanh(z[:, 2 * units:3 * units])
+        c_new = f * c + i * g
+        h_new = o * tf.tanh(c_new)
+        if masks is not None:
+            m = masks.read(t)
+            c_new = tf.where(m, c_new, c)
+            h_new = tf.where(m, h_new, h)
+        act = tf.concat([i, f, g, o], axis=-1)
+        return t + 1, h_new, c_new, hs.write(t, h_new), cs.write(t, c_new), acts.write(t, act)
+
+    _, _, _, hs, cs, acts = tf.while_loop(
+        lambda t, *_: t < steps, body, (0, h0, c0, hs, cs, acts),
+        maximum_iterations=steps)
+    return hs.stack(), cs.stack(), acts.stack()
+
+
+def _backward(d_hs, d_h, d_c, hs, cs, gates, h0, c0, u, mask_tm, rec_mask):
+    """Backpropagation through time for `_forward`; returns grads of (xw, h0, c0, u)."""
+    steps = tf.shape(hs)[0]
+    h_prev = tf.concat([h0[None], hs[:-1]], 0)  # [T, B, H]
+    c_prev = tf.concat([c0[None], cs[:-1]], 0)
+    d_hs_ta = tf.TensorArray(d_hs.dtype, size=steps).unstack(d_hs)
+    gates_ta = tf.TensorArray(gates.dtype, size=steps).unstack(gates)
+    cs_ta = tf.TensorArray(cs.dtype, size=steps).unstack(cs)
+    c_prev_ta = tf.TensorArray(cs.dtype, size=steps).unstack(c_prev)
+    masks = masked_time_major(mask_tm, steps)
+    dzs = tf.TensorArray(gates.dtype, size=steps)
+    u_t = tf.transpose(u)
+    d_hs = tf.zeros_like(hs) if d_hs is None else d_hs
+    d_h = tf.zeros_like(h0) if d_h is None else d_h
+    d_c = tf.zeros_like(c0) if d_c is None else d_c
+
+    def body(t, dh_next, dc_next, dzs):
+        dh = d_hs_ta.read(t) + dh_next
+        i, f, g, o = tf.split(gates_ta.read(t), 4, axis=-1)
+        tanh_c = tf.tanh(cs_ta.read(t))
+        dc = dh * o * (1.0 - tanh_c * tanh_c) + dc_next
+        if masks is not None:
+            m = masks.read(t)
+            keep_h = tf.where(m, tf.zeros_like(dh), dh)
+            keep_c = tf.where(m, tf.zeros_like(dc), dc_next)
+            dh = tf.where(m, dh, tf.zeros_like(dh))
+            dc = tf.where(m, dc, tf.zeros_like(dc))
+        dz = tf.concat([
+            dc * g * i * (1.0 - i),
+            dc * c_prev_ta.read(t) * f * (1.0 - f),
+            dc * i * (1.0 - g * g),
+            dh * tanh_c * o * (1.0 - o),
+        ], axis=-1)
+        dhr = tf.matmul(dz, u_t)
+        if rec_mask is not None:
+            dhr = dhr * rec_mask
+        dh_prev, dc_prev = dhr, dc * f
+        if masks is not None:
+            dh_prev, dc_prev = dh_prev + keep_h, dc_prev + keep_c
+        return t - 1, dh_prev, dc_prev, dzs.write(t, dz)
+
+    _, dh0, dc0, dzs = tf.while_loop(
+        lambda t, *_: t >= 0, body, (steps - 1, d_h, d_c, dzs),
+        maximum_iterations=steps)
+    dz_all = dzs.stack()  # [T, B, 4H]
+    h_in = h_prev * rec_mask if rec_mask is not None else h_prev
+    units = tf.shape(h0)[-1]
+    d_u = tf.matmul(tf.reshape(h_in, [-1, units]), tf.reshape(dz_all, [-1, 4 * units]), transpose_a=True)
+    return dz_all, dh0, dc0, d_u

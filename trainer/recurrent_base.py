@@ -1,0 +1,116 @@
+"""What our recurrent layers share: weights, variational dropout, the input projection,
+time-major layout and masks. A subclass supplies only its time loop (`_run`).
+
+Dropout masks come from stateless random ops keyed by a `seed` argument, so a training
+step is a pure function of (weights, batch, state, seed): resuming from a checkpoint
+replays exactly the same masks.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import keras
+import tensorflow as tf
+
+
+def masked_time_major(mask_tm, steps):
+    """TensorArray of [B, 1] bool masks per step, or None when there is no mask."""
+    if mask_tm is None:
+        return None
+    return tf.TensorArray(tf.bool, size=steps).unstack(mask_tm[:, :, None])
+
+
+def dropout_mask(shape, rate: float, seed, salt: int, dtype):
+    """Inverted-dropout mask (0 or 1/(1-rate)) from a stateless RNG; [shape]."""
+    seed = tf.cast(seed, tf.int32) + tf.constant([0, salt], tf.int32)
+    keep = tf.random.stateless_uniform(shape, seed=seed) >= rate
+    return tf.cast(keep, dtype) / (1.0 - rate)
+
+
+class RecurrentLayer(keras.layers.Layer):
+    """Base of `LSTM` and `SimpleRNN`: returns (sequence, final states).
+
+    Args:
+        units: hidden size H.
+        dropout: variational dropout on the inputs (the same mask at every step).
+        recurrent_dropout: variational dropout on the recurrent input h.
+        kernel_initializer, recurrent_initializer, bias_initializer: Keras initializers.
+    """
+
+    gates = 1
+    state_names: tuple[str, ...] = ("h",)
+
+    def __init__(
+        self,
+        units: int,
+        dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        kernel_initializer="glorot_uniform",
+        recurrent_initializer="orthogonal",
+        bias_initializer="zeros",
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.units = units
+        self.dropout = dropout
+        self.recurrent_dropout = recurrent_dropout
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.recurrent_initializer = keras.initializers.get(recurrent_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.supports_masking = True
+
+    def build(self, input_shape) -> None:
+        size = self.gates * self.units
+        self.kernel = self.add_weight(
+            name="kernel", shape=(input_shape[-1], size), initializer=self.kernel_initializer)
+        self.recurrent_kernel = self.add_weight(
+            name="recurrent_kernel", shape=(self.units, size), initializer=self.recurrent_initializer)
+        self.bias = self.add_weight(name="bias", shape=(size,), initializer=self._bias_initializer())
+
+    def _bias_initializer(self):
+        return self.bias_initializer
+
+    def get_initial_state(self, batch_size) -> list[tf.Tensor]:
+        """Zero states, one [B, H] tensor per entry of `state_names`."""
+        return [tf.zeros([batch_size, self.units], self.compute_dtype) for _ in self.state_names]
+
+    def call(self, inputs, initial_state=None, mask=None, training=False, seed=None):
+        x = tf.convert_to_tensor(inputs)
+        batch = tf.shape(x)[0]
+        states = initial_state if initial_state is not None else self.get_initial_state(batch)
+        states = [tf.cast(s, self.compute_dtype) for s in states]
+        if seed is None:
+            seed = tf.constant([0, 0], tf.int32)
+        if training and self.dropout > 0:
+            x = x * dropout_mask([batch, 1, tf.shape(x)[-1]], self.dropout, seed, 1, x.dtype)
+        rec_mask = None
+        if training and self.recurrent_dropout > 0:
+            rec_mask = dropout_mask([batch, self.units], self.recurrent_dropout, seed, 2, x.dtype)
+        kernel = tf.cast(self.kernel, x.dtype)
+        xw = tf.tensordot(x, kernel, axes=1) + tf.cast(self.bias, x.dtype)  # one big matmul
+        xw = tf.transpose(xw, [1, 0, 2])  # [T, B, gates*H]
+        mask_tm = None if mask is None else tf.transpose(tf.cast(mask, tf.bool), [1, 0])
+        u = tf.cast(tf.convert_to_tensor(self.recurrent_kernel), x.dtype)
+        outputs, final = self._run(xw, states, mask_tm, u, rec_mask)
+        if mask_tm is not None:  # padded positions output zeros (their state is carried)
+            outputs = tf.where(mask_tm[:, :, None], outputs, tf.zeros_like(outputs))
+        return tf.transpose(outputs, [1, 0, 2]), final
+
+    def compute_mask(self, inputs, mask=None):
+        return mask
+
+    @abc.abstractmethod
+    def _run(self, xw, states, mask_tm, recurrent_kernel, rec_mask):
+        """The time loop: xw [T, B, gates*H] -> (outputs [T, B, H], final states)."""
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "units": self.units,
+            "dropout": self.dropout,
+            "recurrent_dropout": self.recurrent_dropout,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            "recurrent_initializer": keras.initializers.serialize(self.recurrent_initializer),
+            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+        }
