@@ -96,7 +96,7 @@ class TrainConfig(_Section):
     optimizer: Literal["sgd", "adam"] = "sgd"
     learning_rate: float = Field(1.0, gt=0.0)
     lr_decay: float = Field(0.5, gt=0.0, le=1.0)
-    lr_decay_start_epoch: int = Field(4, ge=1)
+    lr_decay_start_epoch: int = Field(5, ge=1)  # first (1-based) epoch with decay
     clip_norm: float = Field(5.0, gt=0.0)
     init_scale: float = Field(0.1, gt=0.0)
     checkpoint_every: int = Field(0, ge=0)  # steps; 0: only at epoch ends

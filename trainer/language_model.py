@@ -1,0 +1,161 @@
+"""The language model: embedding -> dropout -> N recurrent layers -> dropout -> logits.
+
+The same weights serve two calls:
+- `model(ids [B, T], states)` -> `(logits [B, T, V], states)`, for training and scoring;
+- `model.step(ids [B], states)` -> `(logits [B, V], states)`, one token at a time, which is
+  all the decoders (serving/) ever see of the model.
+
+States are a flat list: [h_1, c_1, h_2, c_2, ...] for LSTM layers, [h_1, h_2, ...] for RNN.
+
+Example:
+    >>> lm = LanguageModel(vocab_size=12, embedding_dim=4, hidden_dim=4, num_layers=2)
+    >>> logits, states = lm(tf.zeros([3, 5], tf.int32))
+    >>> logits.shape, len(states)
+    (TensorShape([3, 5, 12]), 4)
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from trainer.lstm import LSTM
+from trainer.recurrent_base import dropout_mask
+from trainer.rnn import SimpleRNN
+
+CELLS = {"lstm": LSTM, "rnn": SimpleRNN}
+
+
+@keras.saving.register_keras_serializable(package="lmpipe")
+class LanguageModel(keras.Model):
+    """A word/char/subword LSTM (or vanilla RNN) language model.
+
+    Args:
+        vocab_size: V, including the reserved ids.
+        embedding_dim: E.
+        hidden_dim: H of every recurrent layer.
+        num_layers: how many recurrent layers.
+        cell: "lstm" or "rnn".
+        dropout: variational dropout on the embedding output, between layers and before
+            the output layer (one mask per sequence).
+        recurrent_dropout: variational dropout on each layer's recurrent input.
+        tie_embeddings: share the embedding matrix with the output layer; when H != E a
+            linear projection H -> E is added before it.
+        init_scale: weights start uniform in [-init_scale, init_scale] (Zaremba et al.).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        embedding_dim: int,
+        hidden_dim: int,
+        num_layers: int = 1,
+        cell: str = "lstm",
+        dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        tie_embeddings: bool = False,
+        init_scale: float = 0.1,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        if cell not in CELLS:
+            raise ValueError(f"cell must be one of {sorted(CELLS)}, got {cell!r}")
+        self.vocab_size = vocab_size
+        self.embedding_dim = embedding_dim
+        self.hidden_dim = hidden_dim
+        self.num_layers = num_layers
+        self.cell = cell
+        self.dropout = dropout
+        self.recurrent_dropout = recurrent_dropout
+        self.tie_embeddings = tie_embeddings
+        self.init_scale = init_scale
+        init = keras.initializers.RandomUniform(-init_scale, init_scale, seed=None)
+        self.embedding = keras.layers.Embedding(vocab_size, embedding_dim, embeddings_initializer=init, name="embedding")
+        self.recurrent = [
+            CELLS[cell](hidden_dim, recurrent_dropout=recurrent_dropout, kernel_initializer=init,
+                        recurrent_initializer=init, name=f"{cell}_{i}")
+            for i in range(num_layers)
+        ]
+        self.projection = (
+            keras.layers.Dense(embedding_dim, use_bias=False, kernel_initializer=init, name="projection")
+            if tie_embeddings and hidden_dim != embedding_dim else None)
+        self.output_layer = (
+            None if tie_embeddings else
+            keras.layers.Dense(vocab_size, kernel_initializer=init, name="output"))
+
+    def build(self, input_shape=None) -> None:
+        if self.tie_embeddings:
+            self.output_bias = self.add_weight(name="output_bias", shape=(self.vocab_size,), initializer="zeros")
+        self.embedding.build((None, None))
+        size = self.embedding_dim
+        for layer in self.recurrent:
+            layer.build((None, None, size))
+            size = self.hidden_dim
+        if self.projection is not None:
+            self.projection.build((None, None, self.hidden_dim))
+        if self.output_layer is not None:
+            self.output_layer.build((None, None, self.hidden_dim))
+        self.built = True
+
+    @property
+    def states_per_layer(self) -> int:
+        return len(CELLS[self.cell].state_names)
+
+    def initial_state(self, batch_size) -> list[tf.Tensor]:
+        """Zero states: a flat list of [B, H] float32 tensors."""
+        return [tf.zeros([batch_size, self.hidden_dim], tf.float32)
+                for _ in range(self.num_layers * self.states_per_layer)]
+
+    def call(self, inputs, states=None, training=False, seed=None):
+        """ids [B, T] -> (logits [B, T, V] float32, new states). `seed` [2] keys dropout."""
+        ids = tf.convert_to_tensor(inputs)
+        batch = tf.shape(ids)[0]
+        states = list(states) if states is not None else self.initial_state(batch)
+        seed = tf.constant([0, 0], tf.int32) if seed is None else tf.cast(seed, tf.int32)
+        x = self.embedding(ids)
+        x = self._dropout(x, training, seed, 0)
+        new_states = []
+        n = self.states_per_layer
+        for i, layer in enumerate(self.recurrent):
+            layer_seed = seed + tf.constant([0, 1000 * (i + 1)], tf.int32)
+            x, layer_states = layer(x, initial_state=states[i * n:(i + 1) * n], training=training, seed=layer_seed)
+            x = self._dropout(x, training, seed, i + 1)
+            new_states += [tf.cast(s, tf.float32) for s in layer_states]
+        return self._logits(x), new_states
+
+    def step(self, token_ids, states):
+        """One token per row: ids [B] -> (logits [B, V], new states). For the decoders."""
+        logits, states = self(token_ids[:, None], states, training=False)
+        return logits[:, 0, :], states
+
+    def _logits(self, x):
+        if self.projection is not None:
+            x = self.projection(x)
+        if self.tie_embeddings:
+            table = tf.cast(self.embedding.embeddings, x.dtype)
+            logits = tf.einsum("bth,vh->btv", x, table) + tf.cast(self.output_bias, x.dtype)
+        else:
+            logits = self.output_layer(x)
+        return tf.cast(logits, tf.float32)
+
+    def _dropout(self, x, training, seed, salt):
+        if not training or self.dropout <= 0:
+            return x
+        mask = dropout_mask([tf.shape(x)[0], 1, tf.shape(x)[-1]], self.dropout, seed, 100 + salt, x.dtype)
+        return x * mask
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "vocab_size": self.vocab_size, "embedding_dim": self.embedding_dim,
+            "hidden_dim": self.hidden_dim, "num_layers": self.num_layers, "cell": self.cell,
+            "dropout": self.dropout, "recurrent_dropout": self.recurrent_dropout,
+            "tie_embeddings": self.tie_embeddings, "init_scale": self.init_scale,
+        }
+
+
+def build_language_model(model_config: dict) -> LanguageModel:
+    """A built model from `model_config.json`'s content (its weights still random)."""
+    model = LanguageModel(**model_config)
+    model.build()
+    return model

@@ -1,0 +1,195 @@
+"""The training loop: truncated BPTT with the recurrent state passed in and out of a
+compiled train step, checkpoints that resume exactly, LR decay, clipping, early stopping.
+
+Everything a resumed run needs is in the checkpoint: weights, optimizer slots, epoch and
+step within it, the carried recurrent state, the running sums of the epoch and the
+history of finished epochs. Dropout masks are stateless functions of (seed, global step),
+so a resumed run replays the same masks, batches and updates as an uninterrupted one.
+
+The step is a plain function of (x, y, states, seed) that returns new states, so it runs
+under `strategy.run` unchanged (Keras `fit` is not used: see DESIGN.md).
+
+Example:
+    >>> trainer = Trainer(model, config.train, run_dir="work/train/abc")
+    >>> history = trainer.fit(train_stream, valid_stream)
+    >>> history[-1]["valid_ppl"]
+    121.3
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from pipeline.config import TrainConfig
+from trainer.data import bptt_dataset, num_windows
+from trainer.evaluation import evaluate, make_eval_step
+
+EpochCallback = Callable[[dict], None]
+
+
+def learning_rate_for(config: TrainConfig, epoch: int) -> float:
+    """Zaremba et al.'s schedule: constant, then x lr_decay per epoch from
+    `lr_decay_start_epoch` (1-based). `epoch` is 0-based.
+
+    >>> learning_rate_for(TrainConfig(learning_rate=1.0, lr_decay=0.5, lr_decay_start_epoch=5), 4)
+    0.5
+    """
+    return config.learning_rate * config.lr_decay ** max(0, epoch + 2 - config.lr_decay_start_epoch)
+
+
+def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
+    if config.optimizer == "adam":
+        return keras.optimizers.Adam(config.learning_rate)
+    return keras.optimizers.SGD(config.learning_rate)
+
+
+class Trainer:
+    """Trains `model` with `config`, checkpointing into `run_dir/checkpoints`."""
+
+    def __init__(self, model, config: TrainConfig, run_dir: str, verbose: bool = True) -> None:
+        self.model = model
+        self.config = config
+        self.verbose = verbose
+        self.optimizer = make_optimizer(config)
+        self.optimizer.build(model.trainable_variables)
+        zeros = model.initial_state(config.batch_size)
+        self._carried = [tf.Variable(z, trainable=False) for z in zeros]
+        self._epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self._step = tf.Variable(0, dtype=tf.int64, trainable=False)  # batches done in this epoch
+        self._global_step = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self._nll = tf.Variable(0.0, dtype=tf.float64, trainable=False)  # this epoch so far
+        self._tokens = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self._history = tf.Variable("[]", dtype=tf.string, trainable=False)
+        self._checkpoint = tf.train.Checkpoint(
+            model=model, optimizer=self.optimizer, carried=self._carried, epoch=self._epoch,
+            step=self._step, global_step=self._global_step, nll=self._nll, tokens=self._tokens,
+            history=self._history)
+        self.checkpoint_dir = os.path.join(run_dir, "checkpoints")
+        self._manager = tf.train.CheckpointManager(self._checkpoint, self.checkpoint_dir, max_to_keep=2)
+        self.run_dir = run_dir
+        self._train_step = self._make_train_step()
+        self._eval_step = make_eval_step(model)
+
+    @property
+    def history(self) -> list[dict]:
+        return json.loads(self._history.numpy().decode())
+
+    def restore(self) -> bool:
+        """Restores the latest checkpoint, if any; True when one was found."""
+        latest = self._manager.latest_checkpoint
+        if latest is None:
+            return False
+        self._checkpoint.restore(latest).assert_existing_objects_matched()
+        return True
+
+    def _make_train_step(self):
+        model, optimizer, clip = self.model, self.optimizer, self.config.clip_norm
+
+        @tf.function(reduce_retracing=True)
+        def train_step(x, y, states, seed):
+            with tf.GradientTape() as tape:
+                logits, new_states = model(x, states, training=True, seed=seed)
+                nll = tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits)
+                # Zaremba et al.: summed over the window, averaged over the batch.
+                loss = tf.reduce_sum(nll) / tf.cast(tf.shape(x)[0], nll.dtype)
+            grads = tape.gradient(loss, model.trainable_variables)
+            grads, norm = tf.clip_by_global_norm(grads, clip)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            return tf.reduce_sum(tf.cast(nll, tf.float64)), tf.size(nll, tf.int64), new_states
+
+        return train_step
+
+    def save(self) -> str:
+        return self._manager.save(checkpoint_number=int(self._global_step.numpy()))
+
+    def fit(self, train_stream: np.ndarray, valid_stream: np.ndarray,
+            on_epoch_end: EpochCallback | None = None) -> list[dict]:
+        """Trains until `config.epochs` or early stopping; returns the epoch history.
+
+        Resumes from the latest checkpoint in `run_dir` when there is one.
+        """
+        cfg = self.config
+        self.restore()
+        steps_per_epoch = num_windows(len(train_stream), cfg.batch_size, cfg.bptt)
+        while int(self._epoch.numpy()) < cfg.epochs and not self._should_stop():
+            epoch = int(self._epoch.numpy())
+            lr = learning_rate_for(cfg, epoch)
+            self.optimizer.learning_rate.assign(lr)
+            started = time.perf_counter()
+            skip = int(self._step.numpy())
+            if skip == 0:
+                for var, zero in zip(self._carried, self.model.initial_state(cfg.batch_size)):
+                    var.assign(zero)  # a new epoch starts from zero state
+            bar = keras.utils.Progbar(steps_per_epoch, verbose=(1 if sys.stdout.isatty() else 2) if self.verbose else 0,
+                                      stateful_metrics=["ppl", "tok/s", "lr"])
+            seen = 0
+            for x, y in bptt_dataset(train_stream, cfg.batch_size, cfg.bptt, skip=skip):
+                seed = tf.stack([tf.constant(cfg.seed, tf.int64), self._global_step])
+                nll, count, states = self._train_step(x, y, [v.value() for v in self._carried], tf.cast(seed, tf.int32))
+                for var, s in zip(self._carried, states):
+                    var.assign(s)
+                self._nll.assign_add(nll)
+                self._tokens.assign_add(count)
+                self._step.assign_add(1)
+                self._global_step.assign_add(1)
+                seen += int(count)
+                step = int(self._step.numpy())
+                elapsed = time.perf_counter() - started
+                bar.update(step, [("ppl", math.exp(float(self._nll.numpy()) / max(int(self._tokens.numpy()), 1))),
+                                  ("tok/s", seen / max(elapsed, 1e-9)), ("lr", lr)])
+                if cfg.checkpoint_every and int(self._global_step.numpy()) % cfg.checkpoint_every == 0:
+                    self.save()
+            seconds = time.perf_counter() - started
+            record = self._end_epoch(epoch, lr, seen, seconds, valid_stream)
+            if on_epoch_end is not None:
+                on_epoch_end(record)
+        return self.history
+
+    def _end_epoch(self, epoch: int, lr: float, seen: int, seconds: float, valid_stream) -> dict:
+        train_loss = float(self._nll.numpy()) / max(int(self._tokens.numpy()), 1)
+        valid = evaluate(self.model, valid_stream, eval_step=self._eval_step)
+        history = self.history
+        best = min([h["valid_ppl"] for h in history], default=math.inf)
+        record = {
+            "epoch": epoch + 1, "train_loss": train_loss, "train_ppl": math.exp(train_loss),
+            "valid_loss": valid.loss, "valid_ppl": valid.perplexity, "learning_rate": lr,
+            "tokens_per_sec": seen / max(seconds, 1e-9), "seconds": seconds,
+            "tokens_seen": int(self._global_step.numpy()) * self.config.batch_size * self.config.bptt,
+            "improved": valid.perplexity < best,
+        }
+        if record["improved"]:
+            self._save_best()
+        self._history.assign(json.dumps(history + [record]))
+        self._epoch.assign_add(1)
+        self._step.assign(0)
+        self._nll.assign(0.0)
+        self._tokens.assign(0)
+        self.save()
+        if self.verbose:
+            print(f"epoch {epoch + 1}: train ppl {record['train_ppl']:.2f}, valid ppl "
+                  f"{record['valid_ppl']:.2f}, lr {lr:g}, {record['tokens_per_sec']:,.0f} tok/s", flush=True)
+        return record
+
+    def _should_stop(self) -> bool:
+        patience = self.config.early_stopping_patience
+        history = self.history
+        if not patience or len(history) <= patience:
+            return False
+        return not any(h["improved"] for h in history[-patience:])
+
+    def best_weights_path(self) -> str:
+        return os.path.join(self.run_dir, "best.weights.h5")
+
+    def _save_best(self) -> None:
+        tmp = os.path.join(self.run_dir, "best.tmp.weights.h5")
+        self.model.save_weights(tmp)
+        os.replace(tmp, self.best_weights_path())
