@@ -2,8 +2,11 @@
 
     lmpipe config show [--config FILE] [--set section.key=value ...]
     lmpipe preprocess [--config FILE] [--set ...] [any Beam pipeline option ...]
+    lmpipe train [--config FILE] [--set ...]
+    lmpipe evaluate [--config FILE] [--split test] [--model-dir DIR]
 
-Exit codes: 0 success, 1 failure, 2 config or usage error, 3 unusable input data.
+Exit codes: 0 success, 1 failure, 2 config or usage error, 3 unusable input data,
+4 MLflow tracking unreachable.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import sys
 from typing import Callable
 
 from pipeline.errors import LmpipeError
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported
 
 DEFAULT_CONFIG = "pipeline_config.yaml"
 
@@ -60,6 +65,60 @@ def cmd_preprocess(args, beam_args: list[str]) -> int:
     return 0
 
 
+def _dataset_for(config) -> str:
+    from pipeline.constants import STATS_FILE
+    from pipeline.errors import InputDataError
+    from pipeline.preprocess import dataset_dir_for
+
+    dataset_dir, _, _ = dataset_dir_for(config)
+    if not os.path.exists(os.path.join(dataset_dir, STATS_FILE)):
+        raise InputDataError(
+            f"no preprocessed dataset for this config (expected {dataset_dir}); "
+            "run lmpipe preprocess with the same config first")
+    return dataset_dir
+
+
+def cmd_train(args, extra: list[str]) -> int:
+    config = _load(args)
+    dataset_dir = _dataset_for(config)
+    from trainer.train_run import train_language_model
+
+    result = train_language_model(config, dataset_dir)
+    m = result.metrics
+    state = "already trained, skipped" if result.skipped else "trained"
+    print(f"model {state}: {result.model_dir}")
+    print(f"  valid ppl {m['valid_ppl']:.2f}, test ppl {m['test_ppl']:.2f} "
+          f"({m['test_bits_per_token']:.3f} bits/token), {m['epochs']} epochs, "
+          f"{m['param_count']:,} parameters")
+    print(f"  MLflow run {m['mlflow_run_id']} at {config.tracking.uri}"
+          + (f"; registered {m['registered_model']} v{m['registered_version']}" if "registered_version" in m else ""))
+    return 0
+
+
+def cmd_evaluate(args, extra: list[str]) -> int:
+    config = _load(args)
+    from trainer.data import load_token_stream
+    from trainer.evaluation import evaluate
+    from trainer.train_run import MODEL_DIR, load_trained_model, run_dir_for
+
+    dataset_dir = args.dataset_dir or _dataset_for(config)
+    model_dir = args.model_dir
+    if model_dir is None:
+        with open(os.path.join(dataset_dir, "stats.json")) as f:
+            fingerprint = json.load(f)["fingerprint"]
+        model_dir = os.path.join(run_dir_for(config, fingerprint), MODEL_DIR)
+    if not os.path.exists(os.path.join(model_dir, "metrics.json")):
+        from pipeline.errors import InputDataError
+
+        raise InputDataError(f"no trained model at {model_dir}; run lmpipe train first or pass --model-dir")
+    model = load_trained_model(model_dir)
+    for split in args.split:
+        result = evaluate(model, load_token_stream(dataset_dir, split))
+        print(json.dumps({"split": split, "perplexity": result.perplexity, "loss": result.loss,
+                          "bits_per_token": result.bits_per_token, "tokens": result.tokens}))
+    return 0
+
+
 def _warn_counted(split: str, s: dict) -> None:
     notes = {
         "invalid_utf8_lines": "lines had invalid UTF-8 (bytes replaced by U+FFFD)",
@@ -88,6 +147,17 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
         description="Unknown flags are Beam pipeline options (--runner, --direct_num_workers, ...).")
     _config_args(pre)
     handlers["preprocess"] = cmd_preprocess
+
+    train = sub.add_parser("train", help="train the language model on the preprocessed data (MLflow)")
+    _config_args(train)
+    handlers["train"] = cmd_train
+
+    ev = sub.add_parser("evaluate", help="perplexity of a trained model on dataset splits")
+    _config_args(ev)
+    ev.add_argument("--split", nargs="+", default=["test"], choices=["train", "valid", "test"])
+    ev.add_argument("--model-dir", help="a trained model folder (default: this config's run)")
+    ev.add_argument("--dataset-dir", help="a preprocessed dataset folder (default: this config's)")
+    handlers["evaluate"] = cmd_evaluate
     return parser, handlers
 
 

@@ -40,7 +40,10 @@ class EvalResult:
 def make_eval_step(model):
     """Compiled (x [B, T], y [B, T], states) -> (nll_sum, new_states)."""
 
-    @tf.function(reduce_retracing=True)
+    ids = tf.TensorSpec([None, None], tf.int32)
+    state = [tf.TensorSpec([None, model.hidden_dim], tf.float32) for _ in model.initial_state(1)]
+
+    @tf.function(input_signature=[ids, ids, state])
     def eval_step(x, y, states):
         logits, new_states = model(x, states, training=False)
         nll = tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits)

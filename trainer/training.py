@@ -34,6 +34,7 @@ from trainer.data import bptt_dataset, num_windows
 from trainer.evaluation import evaluate, make_eval_step
 
 EpochCallback = Callable[[dict], None]
+MIN_IMPROVEMENT = 1e-3  # a valid perplexity 0.1% below the best so far counts as better
 
 
 def learning_rate_for(config: TrainConfig, epoch: int) -> float:
@@ -68,10 +69,12 @@ class Trainer:
         self._global_step = tf.Variable(0, dtype=tf.int64, trainable=False)
         self._nll = tf.Variable(0.0, dtype=tf.float64, trainable=False)  # this epoch so far
         self._tokens = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self._tokens_seen = tf.Variable(0, dtype=tf.int64, trainable=False)  # all epochs
         self._history = tf.Variable("[]", dtype=tf.string, trainable=False)
         self._checkpoint = tf.train.Checkpoint(
             model=model, optimizer=self.optimizer, carried=self._carried, epoch=self._epoch,
             step=self._step, global_step=self._global_step, nll=self._nll, tokens=self._tokens,
+            tokens_seen=self._tokens_seen,
             history=self._history)
         self.checkpoint_dir = os.path.join(run_dir, "checkpoints")
         self._manager = tf.train.CheckpointManager(self._checkpoint, self.checkpoint_dir, max_to_keep=2)
@@ -139,6 +142,7 @@ class Trainer:
                     var.assign(s)
                 self._nll.assign_add(nll)
                 self._tokens.assign_add(count)
+                self._tokens_seen.assign_add(count)
                 self._step.assign_add(1)
                 self._global_step.assign_add(1)
                 seen += int(count)
@@ -159,12 +163,13 @@ class Trainer:
         valid = evaluate(self.model, valid_stream, eval_step=self._eval_step)
         history = self.history
         best = min([h["valid_ppl"] for h in history], default=math.inf)
+        improved = valid.perplexity < best * (1 - MIN_IMPROVEMENT)
         record = {
             "epoch": epoch + 1, "train_loss": train_loss, "train_ppl": math.exp(train_loss),
             "valid_loss": valid.loss, "valid_ppl": valid.perplexity, "learning_rate": lr,
             "tokens_per_sec": seen / max(seconds, 1e-9), "seconds": seconds,
-            "tokens_seen": int(self._global_step.numpy()) * self.config.batch_size * self.config.bptt,
-            "improved": valid.perplexity < best,
+            "tokens_seen": int(self._tokens_seen.numpy()),
+            "improved": improved,
         }
         if record["improved"]:
             self._save_best()

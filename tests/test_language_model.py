@@ -1,0 +1,49 @@
+"""The language model's two calls agree, and its pieces fit together."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from trainer.language_model import LanguageModel, build_language_model
+
+
+@pytest.mark.parametrize("cell, tie, emb, hid", [("lstm", False, 4, 4), ("rnn", False, 6, 4),
+                                                  ("lstm", True, 4, 4), ("lstm", True, 3, 5)])
+def test_step_by_step_equals_full_sequence(cell, tie, emb, hid):
+    model = build_language_model({"vocab_size": 17, "embedding_dim": emb, "hidden_dim": hid,
+                                  "num_layers": 2, "cell": cell, "tie_embeddings": tie, "init_scale": 0.5})
+    ids = tf.constant(np.random.default_rng(0).integers(0, 17, (3, 6)), tf.int32)
+    full, final = model(ids)
+    states = model.initial_state(3)
+    for t in range(6):
+        logits, states = model.step(ids[:, t], states)
+        np.testing.assert_allclose(logits, full[:, t], atol=1e-5)
+    for a, b in zip(states, final):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    assert len(final) == 2 * (2 if cell == "lstm" else 1)
+
+
+def test_tied_embeddings_share_the_matrix():
+    tied = build_language_model({"vocab_size": 20, "embedding_dim": 3, "hidden_dim": 5,
+                                 "num_layers": 1, "tie_embeddings": True})
+    untied = build_language_model({"vocab_size": 20, "embedding_dim": 3, "hidden_dim": 5, "num_layers": 1})
+    names = [w.path for w in tied.weights]
+    assert not any("output/kernel" in n for n in names) and any("projection" in n for n in names)
+    # tied: E*V + projection 5*3 + bias V + LSTM; untied: E*V + LSTM + (5*V + V)
+    lstm = 4 * (3 * 5 + 5 * 5 + 5)
+    assert tied.count_params() == 20 * 3 + 15 + 20 + lstm
+    assert untied.count_params() == 20 * 3 + lstm + 5 * 20 + 20
+
+
+def test_states_carry_between_calls():
+    model = build_language_model({"vocab_size": 9, "embedding_dim": 4, "hidden_dim": 4, "num_layers": 1})
+    ids = tf.constant([[1, 2, 3, 4, 5, 6]])
+    whole, _ = model(ids)
+    first, states = model(ids[:, :3])
+    second, _ = model(ids[:, 3:], states)
+    np.testing.assert_allclose(tf.concat([first, second], 1), whole, atol=1e-6)
+
+
+def test_unknown_cell_is_rejected():
+    with pytest.raises(ValueError, match="cell must be one of"):
+        LanguageModel(vocab_size=5, embedding_dim=2, hidden_dim=2, cell="gru")

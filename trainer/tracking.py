@@ -1,0 +1,130 @@
+"""MLflow at the trainer's edge: one run per training, params, metrics, artifacts, registry.
+
+Model code never imports mlflow; only this module does. An unreachable tracking server at
+start is an error naming the URI; one lost mid-run only costs warnings: training goes on
+and every local output is kept.
+
+Example:
+    >>> tracker = RunTracker("sqlite:///work/mlflow.db", "lmpipe")
+    >>> run_id = tracker.start("lm-3f9c", params={"model.cell": "lstm"}, tags={})
+    >>> tracker.log_metrics({"valid_ppl": 120.5}, step=1)
+    >>> tracker.end()
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import urllib.error
+import urllib.request
+from typing import Any
+
+from pipeline.errors import LmpipeError
+
+# Fail fast on a dead server instead of MLflow's default minutes of retries.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+
+import mlflow  # noqa: E402
+from mlflow import MlflowClient  # noqa: E402
+
+
+class TrackingError(LmpipeError):
+    """The MLflow tracking URI cannot be used."""
+
+    exit_code = 4
+
+
+def check_tracking_uri(uri: str) -> None:
+    """Raises TrackingError unless `uri` answers (HTTP) or can be created (SQLite, files)."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as response:
+                if response.status != 200:
+                    raise OSError(f"HTTP {response.status}")
+        except (OSError, urllib.error.URLError) as err:
+            raise TrackingError(
+                f"MLflow tracking server {uri} is unreachable ({err}); start it "
+                "or set tracking.uri (e.g. sqlite:///work/mlflow.db)") from None
+    elif uri.startswith("sqlite:///"):
+        folder = os.path.dirname(os.path.abspath(uri[len("sqlite:///"):]))
+        os.makedirs(folder, exist_ok=True)
+
+
+class RunTracker:
+    """One MLflow run; after `start`, every call degrades to a warning on failure."""
+
+    def __init__(self, uri: str, experiment: str) -> None:
+        check_tracking_uri(uri)
+        self.uri = uri
+        self.client = MlflowClient(uri)
+        try:
+            self.experiment_id = self._experiment(experiment)
+        except Exception as err:  # noqa: BLE001 - any client failure is the same to the user
+            raise TrackingError(f"MLflow at {uri} refused experiment {experiment!r}: {err}") from None
+        self.run_id: str | None = None
+        self._warned = False
+
+    def _experiment(self, name: str) -> str:
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        location = None
+        if self.uri.startswith("sqlite:///"):  # keep artifacts beside the database
+            db = os.path.abspath(self.uri[len("sqlite:///"):])
+            location = "file://" + os.path.join(os.path.dirname(db), "mlartifacts")
+        return self.client.create_experiment(name, artifact_location=location)
+
+    def start(self, run_name: str, params: dict[str, Any], tags: dict[str, str],
+              run_id: str | None = None) -> str:
+        """Starts the run, or continues `run_id` (a resumed training)."""
+        if run_id is not None:
+            self.client.update_run(run_id, status="RUNNING")
+            self.run_id = run_id
+            return run_id
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+        self.run_id = run.info.run_id
+        items = list(params.items())
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=[
+                mlflow.entities.Param(k, str(v)[:6000]) for k, v in items[i:i + 100]])
+        return self.run_id
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self._safe("log metrics", lambda: self.client.log_batch(self.run_id, metrics=[
+            mlflow.entities.Metric(k, float(v), _now_ms(), step or 0) for k, v in metrics.items()]))
+
+    def log_artifacts(self, local_dir: str, artifact_path: str | None = None) -> None:
+        self._safe("log artifacts", lambda: self.client.log_artifacts(self.run_id, local_dir, artifact_path))
+
+    def register(self, name: str, artifact_path: str, tags: dict[str, str]) -> str | None:
+        """A new version of registered model `name` pointing at the run's artifacts."""
+
+        def create():
+            try:
+                self.client.get_registered_model(name)
+            except mlflow.exceptions.MlflowException:
+                self.client.create_registered_model(name)
+            source = f"{self.client.get_run(self.run_id).info.artifact_uri}/{artifact_path}"
+            return self.client.create_model_version(name, source, run_id=self.run_id, tags=tags).version
+
+        return self._safe("register the model", create)
+
+    def end(self, status: str = "FINISHED") -> None:
+        self._safe("end the run", lambda: self.client.set_terminated(self.run_id, status))
+
+    def _safe(self, what: str, fn):
+        if self.run_id is None:
+            return None
+        try:
+            return fn()
+        except Exception as err:  # noqa: BLE001 - tracking must never stop training
+            print(f"lmpipe: warning: MLflow at {self.uri} failed to {what} ({type(err).__name__}: "
+                  f"{str(err)[:200]}); training goes on, local outputs are kept", file=sys.stderr)
+            return None
+
+
+def _now_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)

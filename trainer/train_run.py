@@ -1,0 +1,193 @@
+"""The training entry point: dataset folder in, trained model folder and MLflow run out.
+
+A training run lives in `train.output_dir/<run key>/`, the key a hash of the dataset
+fingerprint and the model and training settings, so running the same config again
+resumes an interrupted run from its checkpoint, or finds it finished and does nothing.
+The finished model is written to `<run dir>/model/` under a temporary name first:
+
+    model/model_config.json   rebuilds the LanguageModel (build_language_model)
+    model/model.weights.h5    the weights with the best valid perplexity
+    model/metrics.json        valid/test perplexity, parameter count, epochs, run id
+    model/vocab.txt, tokenizer.json, stats.json   the dataset's, for export
+
+Example:
+    >>> result = train_language_model(config, "work/data/3f9c...")
+    >>> result.metrics["test_ppl"], result.registered_version
+    (118.4, '3')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+
+import keras
+
+from pipeline.config import PipelineConfig
+from pipeline.config_loader import flatten_config
+from pipeline.constants import STATS_FILE, TOKENIZER_FILE, VOCAB_FILE
+from pipeline.errors import InputDataError
+from trainer.curves import plot_learning_curves
+from trainer.data import load_token_stream
+from trainer.evaluation import evaluate
+from trainer.language_model import build_language_model
+from trainer.tracking import RunTracker
+from trainer.training import Trainer
+
+MODEL_DIR = "model"
+MODEL_CONFIG = "model_config.json"
+WEIGHTS = "model.weights.h5"
+METRICS = "metrics.json"
+_RUN_ID_FILE = "mlflow_run_id"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    run_dir: str
+    model_dir: str
+    metrics: dict
+    skipped: bool
+
+
+def model_config_for(config: PipelineConfig, vocab_size: int) -> dict:
+    m = config.model
+    return {
+        "vocab_size": vocab_size, "embedding_dim": m.embedding_dim, "hidden_dim": m.hidden_dim,
+        "num_layers": m.num_layers, "cell": m.cell, "dropout": m.dropout,
+        "recurrent_dropout": m.recurrent_dropout, "tie_embeddings": m.tie_embeddings,
+        "init_scale": config.train.init_scale,
+    }
+
+
+def run_dir_for(config: PipelineConfig, fingerprint: str) -> str:
+    """`train.output_dir/<key>`: the key covers the data and everything that changes training."""
+    train = config.train.model_dump(exclude={"output_dir", "checkpoint_every"})
+    body = json.dumps({"data": fingerprint, "model": config.model.model_dump(), "train": train}, sort_keys=True)
+    return os.path.join(config.train.output_dir, hashlib.sha256(body.encode()).hexdigest()[:16])
+
+
+def train_language_model(config: PipelineConfig, dataset_dir: str, verbose: bool = True) -> TrainResult:
+    """Trains (or resumes, or finds finished) the model that `config` describes."""
+    stats = _read_json(os.path.join(dataset_dir, STATS_FILE))
+    run_dir = run_dir_for(config, stats["fingerprint"])
+    model_dir = os.path.join(run_dir, MODEL_DIR)
+    if os.path.exists(os.path.join(model_dir, METRICS)):
+        return TrainResult(run_dir, model_dir, _read_json(os.path.join(model_dir, METRICS)), True)
+    streams = {s: load_token_stream(dataset_dir, s) for s in ("train", "valid", "test")}
+    if len(streams["train"]) < config.train.batch_size * 2 + 1:
+        raise InputDataError(
+            f"the train split has {len(streams['train'])} tokens, too few for train.batch_size="
+            f"{config.train.batch_size}; lower the batch size or add text")
+    tracker = RunTracker(config.tracking.uri, config.tracking.experiment)
+    os.makedirs(run_dir, exist_ok=True)
+    model_config = model_config_for(config, stats["vocab_size"])
+    keras.utils.set_random_seed(config.train.seed)  # the same config gives the same initial weights
+    model = build_language_model(model_config)
+    trainer = Trainer(model, config.train, run_dir, verbose=verbose)
+    resumed = trainer.restore()
+    run_id = _previous_run_id(run_dir) if resumed else None
+    params = {**flatten_config(config), "param_count": model.count_params(), "dataset_dir": dataset_dir}
+    run_id = tracker.start(f"{config.model.cell}-{os.path.basename(run_dir)}", params, _tags(stats), run_id)
+    _write_text(os.path.join(run_dir, _RUN_ID_FILE), run_id)
+    if verbose:
+        print(f"training {config.model.cell} LM ({model.count_params():,} parameters) in {run_dir}"
+              + (" (resumed)" if resumed else "") + f"; MLflow run {run_id}", flush=True)
+
+    def on_epoch_end(record: dict) -> None:
+        tracker.log_metrics({k: v for k, v in record.items() if k not in ("epoch", "improved")},
+                            step=record["epoch"])
+
+    try:
+        history = trainer.fit(streams["train"], streams["valid"], on_epoch_end=on_epoch_end)
+    except BaseException:
+        tracker.end("KILLED")
+        raise
+    if os.path.exists(trainer.best_weights_path()):
+        model.load_weights(trainer.best_weights_path())
+    valid = evaluate(model, streams["valid"])
+    test = evaluate(model, streams["test"])
+    metrics = {
+        "valid_ppl": valid.perplexity, "test_ppl": test.perplexity, "valid_loss": valid.loss,
+        "test_loss": test.loss, "test_bits_per_token": test.bits_per_token,
+        "test_tokens": test.tokens, "epochs": len(history), "param_count": model.count_params(),
+        "mlflow_run_id": run_id, "dataset_dir": dataset_dir, "fingerprint": stats["fingerprint"],
+    }
+    _write_model_dir(model_dir, model, model_config, metrics, history, dataset_dir)
+    tracker.log_metrics({"test_ppl": test.perplexity, "test_loss": test.loss,
+                         "test_bits_per_token": test.bits_per_token, "best_valid_ppl": valid.perplexity})
+    tracker.log_artifacts(model_dir, MODEL_DIR)
+    version = tracker.register(config.tracking.registered_model, MODEL_DIR,
+                               {"test_ppl": f"{test.perplexity:.4f}", "fingerprint": stats["fingerprint"]})
+    tracker.end()
+    if version is not None:
+        metrics["registered_model"] = config.tracking.registered_model
+        metrics["registered_version"] = version
+        _write_text(os.path.join(model_dir, METRICS), json.dumps(metrics, indent=2) + "\n")
+    return TrainResult(run_dir, model_dir, metrics, False)
+
+
+def _write_model_dir(model_dir, model, model_config, metrics, history, dataset_dir) -> None:
+    tmp = model_dir + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    _write_text(os.path.join(tmp, MODEL_CONFIG), json.dumps(model_config, indent=2) + "\n")
+    model.save_weights(os.path.join(tmp, WEIGHTS))
+    for name in (VOCAB_FILE, TOKENIZER_FILE, STATS_FILE):
+        shutil.copy(os.path.join(dataset_dir, name), os.path.join(tmp, name))
+    _write_text(os.path.join(tmp, "history.json"), json.dumps(history, indent=2) + "\n")
+    plot_learning_curves(history, os.path.join(tmp, "learning_curves.png"))
+    _write_text(os.path.join(tmp, METRICS), json.dumps(metrics, indent=2) + "\n")  # last: marks complete
+    if os.path.exists(model_dir):  # a finish that crashed before metrics.json: never complete
+        shutil.rmtree(model_dir)
+    os.replace(tmp, model_dir)
+
+
+def load_trained_model(model_dir: str):
+    """The LanguageModel of a finished run's `model/` folder, weights loaded."""
+    model = build_language_model(_read_json(os.path.join(model_dir, MODEL_CONFIG)))
+    model.load_weights(os.path.join(model_dir, WEIGHTS))
+    return model
+
+
+def _tags(stats: dict) -> dict[str, str]:
+    import apache_beam
+    import keras
+    import mlflow
+    import tensorflow as tf
+    import tensorflow_text
+
+    return {
+        "data_fingerprint": stats["fingerprint"], "git_commit": _git_commit(),
+        "tensorflow": tf.__version__, "keras": keras.__version__, "mlflow": mlflow.__version__,
+        "tensorflow_text": tensorflow_text.__version__, "apache_beam": apache_beam.__version__,
+    }
+
+
+def _git_commit() -> str:
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        out = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def _previous_run_id(run_dir: str) -> str | None:
+    path = os.path.join(run_dir, _RUN_ID_FILE)
+    return open(path).read().strip() if os.path.exists(path) else None
+
+
+def _read_json(path: str) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _write_text(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
