@@ -32,7 +32,7 @@ from pipeline.config_loader import flatten_config
 from pipeline.constants import STATS_FILE, TOKENIZER_FILE, VOCAB_FILE
 from pipeline.errors import InputDataError
 from trainer.curves import plot_learning_curves
-from trainer.data import load_token_stream
+from trainer.data import load_token_stream, num_windows
 from trainer.evaluation import evaluate
 from trainer.language_model import build_language_model
 from trainer.tracking import RunTracker
@@ -114,6 +114,7 @@ def train_language_model(config: PipelineConfig, dataset_dir: str, verbose: bool
         "valid_ppl": valid.perplexity, "test_ppl": test.perplexity, "valid_loss": valid.loss,
         "test_loss": test.loss, "test_bits_per_token": test.bits_per_token,
         "test_tokens": test.tokens, "epochs": len(history), "param_count": model.count_params(),
+        "train_steps_per_epoch": num_windows(len(streams["train"]), config.train.batch_size, config.train.bptt),
         "mlflow_run_id": run_id, "dataset_dir": dataset_dir, "fingerprint": stats["fingerprint"],
     }
     _write_model_dir(model_dir, model, model_config, metrics, history, dataset_dir)

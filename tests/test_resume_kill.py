@@ -1,0 +1,69 @@
+"""`lmpipe train` killed with SIGKILL mid-epoch resumes and ends where an uninterrupted run ends."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pipeline.cli import main
+
+from conftest import write
+
+
+def _args(root, corpus):
+    return ["--set", f"data.train={corpus}", "--set", "data.format=lines",
+            "--set", f"preprocess.output_dir={root / 'data'}", "--set", f"train.output_dir={root / 'train'}",
+            "--set", "model.hidden_dim=48", "--set", "model.embedding_dim=48", "--set", "model.num_layers=2",
+            "--set", "model.dropout=0.2", "--set", "train.batch_size=4", "--set", "train.bptt=12",
+            "--set", "train.epochs=2", "--set", "train.checkpoint_every=20",
+            "--set", f"tracking.uri=sqlite:///{root}/mlflow.db"]
+
+
+def _metrics(root):
+    (run,) = os.listdir(root / "train")
+    return json.load(open(root / "train" / run / "model" / "metrics.json"))
+
+
+def _latest_step(root):
+    runs = os.listdir(root / "train") if (root / "train").exists() else []
+    for run in runs:
+        index = root / "train" / run / "checkpoints" / "checkpoint"
+        if index.exists():
+            found = re.search(r'model_checkpoint_path: "ckpt-(\d+)"', index.read_text())
+            if found:
+                return int(found.group(1))
+    return 0
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
+    text = "".join(f"w{i % 11} w{(i * 7) % 13} w{i % 5} and w{(i * 3) % 17}\n" for i in range(4000))
+    corpus = write(tmp_path / "corpus.txt", text)
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert main(["preprocess", *_args(full, corpus)]) == 0
+    assert main(["train", *_args(full, corpus)]) == 0
+    expected = _metrics(full)
+
+    assert main(["preprocess", *_args(cut, corpus)]) == 0
+    steps_per_epoch = expected["train_steps_per_epoch"]
+    command = [sys.executable, "-m", "pipeline.cli", "train", *_args(cut, corpus)]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while _latest_step(cut) <= steps_per_epoch + 20 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "training ended before it could be killed mid-epoch"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = _latest_step(cut)
+    assert steps_per_epoch < killed_at < 2 * steps_per_epoch  # killed inside epoch 2
+    assert not (cut / "train" / os.listdir(cut / "train")[0] / "model").exists()
+
+    assert main(["train", *_args(cut, corpus)]) == 0
+    resumed = _metrics(cut)
+    for key in ("valid_ppl", "test_ppl"):
+        assert resumed[key] == pytest.approx(expected[key], rel=1e-4), key
