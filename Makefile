@@ -17,13 +17,15 @@ $(STAMP): setup.py
 install: $(STAMP)
 
 demo: $(STAMP)
-	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/lmpipe preprocess --config pipeline_config.yaml
+	$(BIN)/lmpipe preprocess --config pipeline_config.yaml
+	$(BIN)/lmpipe train --config pipeline_config.yaml
 
 test: $(STAMP)
 	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/python -m pytest -q -ra
 
 bench: $(STAMP)
 	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/python bench/preprocess.py
+	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/python bench/lstm_speed.py
 
 clean:
 	rm -rf work .pytest_cache

@@ -42,6 +42,8 @@ class LanguageModel(keras.Model):
         tie_embeddings: share the embedding matrix with the output layer; when H != E a
             linear projection H -> E is added before it.
         init_scale: weights start uniform in [-init_scale, init_scale] (Zaremba et al.).
+        precision: "float32", or "mixed_bfloat16" (bfloat16 matmuls; float32 states,
+            gate math, logits and loss).
     """
 
     def __init__(
@@ -55,9 +57,12 @@ class LanguageModel(keras.Model):
         recurrent_dropout: float = 0.0,
         tie_embeddings: bool = False,
         init_scale: float = 0.1,
+        precision: str = "float32",
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        if precision not in ("float32", "mixed_bfloat16"):
+            raise ValueError(f"precision must be float32 or mixed_bfloat16, got {precision!r}")
         if cell not in CELLS:
             raise ValueError(f"cell must be one of {sorted(CELLS)}, got {cell!r}")
         self.vocab_size = vocab_size
@@ -69,19 +74,22 @@ class LanguageModel(keras.Model):
         self.recurrent_dropout = recurrent_dropout
         self.tie_embeddings = tie_embeddings
         self.init_scale = init_scale
+        self.precision = precision
         init = keras.initializers.RandomUniform(-init_scale, init_scale, seed=None)
-        self.embedding = keras.layers.Embedding(vocab_size, embedding_dim, embeddings_initializer=init, name="embedding")
+        self.embedding = keras.layers.Embedding(
+            vocab_size, embedding_dim, embeddings_initializer=init, dtype=precision, name="embedding")
         self.recurrent = [
             CELLS[cell](hidden_dim, recurrent_dropout=recurrent_dropout, kernel_initializer=init,
-                        recurrent_initializer=init, name=f"{cell}_{i}")
+                        recurrent_initializer=init, dtype=precision, name=f"{cell}_{i}")
             for i in range(num_layers)
         ]
         self.projection = (
-            keras.layers.Dense(embedding_dim, use_bias=False, kernel_initializer=init, name="projection")
+            keras.layers.Dense(embedding_dim, use_bias=False, kernel_initializer=init, dtype=precision,
+                               name="projection")
             if tie_embeddings and hidden_dim != embedding_dim else None)
         self.output_layer = (
             None if tie_embeddings else
-            keras.layers.Dense(vocab_size, kernel_initializer=init, name="output"))
+            keras.layers.Dense(vocab_size, kernel_initializer=init, dtype=precision, name="output"))
 
     def build(self, input_shape=None) -> None:
         if self.tie_embeddings:
@@ -129,6 +137,7 @@ class LanguageModel(keras.Model):
         return logits[:, 0, :], states
 
     def _logits(self, x):
+        x = tf.cast(x, self.embedding.compute_dtype)  # bfloat16 under mixed_bfloat16
         if self.projection is not None:
             x = self.projection(x)
         if self.tie_embeddings:
@@ -151,6 +160,7 @@ class LanguageModel(keras.Model):
             "hidden_dim": self.hidden_dim, "num_layers": self.num_layers, "cell": self.cell,
             "dropout": self.dropout, "recurrent_dropout": self.recurrent_dropout,
             "tie_embeddings": self.tie_embeddings, "init_scale": self.init_scale,
+            "precision": self.precision,
         }
 
 

@@ -84,7 +84,7 @@ def _lstm_sequence(xw, h0, c0, u, mask_tm, rec_mask):
         hs, cs, gates = _forward(xw, h0, c0, u, mask_tm, rec_mask)
 
         def grad(d_hs, d_h, d_c):
-            return _backward(d_hs, d_h, d_c, hs, cs, gates, h0, c0, u, mask_tm, rec_mask)
+            return _backward(d_hs, d_h, d_c, hs, cs, gates, h0, c0, u, mask_tm, rec_mask, xw.dtype)
 
         return (hs, hs[-1], cs[-1]), grad
 
@@ -99,11 +99,11 @@ def _forward(xw, h0, c0, u, mask_tm, rec_mask):
     masks = masked_time_major(mask_tm, steps)
     hs = tf.TensorArray(h0.dtype, size=steps)
     cs = tf.TensorArray(c0.dtype, size=steps)
-    acts = tf.TensorArray(xw.dtype, size=steps)
+    acts = tf.TensorArray(tf.float32, size=steps)
 
     def body(t, h, c, hs, cs, acts):
         hr = h * rec_mask if rec_mask is not None else h
-        z = xs.read(t) + tf.matmul(hr, u)
+        z = tf.cast(xs.read(t), tf.float32) + tf.cast(tf.matmul(tf.cast(hr, u.dtype), u), tf.float32)
         s = tf.sigmoid(z)
         i, f, _, o = tf.split(s, 4, axis=-1)
         g = tf.tanh(z[:, 2 * units:3 * units])
@@ -122,7 +122,7 @@ def _forward(xw, h0, c0, u, mask_tm, rec_mask):
     return hs.stack(), cs.stack(), acts.stack()
 
 
-def _backward(d_hs, d_h, d_c, hs, cs, gates, h0, c0, u, mask_tm, rec_mask):
+def _backward(d_hs, d_h, d_c, hs, cs, gates, h0, c0, u, mask_tm, rec_mask, xw_dtype):
     """Backpropagation through time for `_forward`; returns grads of (xw, h0, c0, u)."""
     steps = tf.shape(hs)[0]
     h_prev = tf.concat([h0[None], hs[:-1]], 0)  # [T, B, H]
@@ -132,7 +132,7 @@ def _backward(d_hs, d_h, d_c, hs, cs, gates, h0, c0, u, mask_tm, rec_mask):
     cs_ta = tf.TensorArray(cs.dtype, size=steps).unstack(cs)
     c_prev_ta = tf.TensorArray(cs.dtype, size=steps).unstack(c_prev)
     masks = masked_time_major(mask_tm, steps)
-    dzs = tf.TensorArray(gates.dtype, size=steps)
+    dzs = tf.TensorArray(tf.float32, size=steps)
     u_t = tf.transpose(u)
     d_hs = tf.zeros_like(hs) if d_hs is None else d_hs
     d_h = tf.zeros_like(h0) if d_h is None else d_h
@@ -155,7 +155,7 @@ def _backward(d_hs, d_h, d_c, hs, cs, gates, h0, c0, u, mask_tm, rec_mask):
             dc * i * (1.0 - g * g),
             dh * tanh_c * o * (1.0 - o),
         ], axis=-1)
-        dhr = tf.matmul(dz, u_t)
+        dhr = tf.cast(tf.matmul(tf.cast(dz, u_t.dtype), u_t), tf.float32)
         if rec_mask is not None:
             dhr = dhr * rec_mask
         dh_prev, dc_prev = dhr, dc * f
@@ -169,5 +169,7 @@ def _backward(d_hs, d_h, d_c, hs, cs, gates, h0, c0, u, mask_tm, rec_mask):
     dz_all = dzs.stack()  # [T, B, 4H]
     h_in = h_prev * rec_mask if rec_mask is not None else h_prev
     units = tf.shape(h0)[-1]
-    d_u = tf.matmul(tf.reshape(h_in, [-1, units]), tf.reshape(dz_all, [-1, 4 * units]), transpose_a=True)
-    return dz_all, dh0, dc0, d_u
+    dz_all = tf.cast(dz_all, u.dtype)
+    d_u = tf.matmul(tf.reshape(tf.cast(h_in, u.dtype), [-1, units]), tf.reshape(dz_all, [-1, 4 * units]),
+                    transpose_a=True)
+    return tf.cast(dz_all, xw_dtype), dh0, dc0, d_u

@@ -31,6 +31,9 @@ def dropout_mask(shape, rate: float, seed, salt: int, dtype):
 class RecurrentLayer(keras.layers.Layer):
     """Base of `LSTM` and `SimpleRNN`: returns (sequence, final states).
 
+    Under a `mixed_bfloat16` dtype policy the matmuls run in bfloat16 while states,
+    gate activations and outputs stay float32.
+
     Args:
         units: hidden size H.
         dropout: variational dropout on the inputs (the same mask at every step).
@@ -72,21 +75,22 @@ class RecurrentLayer(keras.layers.Layer):
         return self.bias_initializer
 
     def get_initial_state(self, batch_size) -> list[tf.Tensor]:
-        """Zero states, one [B, H] tensor per entry of `state_names`."""
-        return [tf.zeros([batch_size, self.units], self.compute_dtype) for _ in self.state_names]
+        """Zero float32 states, one [B, H] tensor per entry of `state_names`."""
+        return [tf.zeros([batch_size, self.units], tf.float32) for _ in self.state_names]
 
     def call(self, inputs, initial_state=None, mask=None, training=False, seed=None):
         x = tf.convert_to_tensor(inputs)
         batch = tf.shape(x)[0]
         states = initial_state if initial_state is not None else self.get_initial_state(batch)
-        states = [tf.cast(s, self.compute_dtype) for s in states]
+        states = [tf.cast(s, tf.float32) for s in states]  # state and gate math stay float32
+        x = tf.cast(x, self.compute_dtype)  # bfloat16 under mixed_bfloat16: matmuls only
         if seed is None:
             seed = tf.constant([0, 0], tf.int32)
         if training and self.dropout > 0:
             x = x * dropout_mask([batch, 1, tf.shape(x)[-1]], self.dropout, seed, 1, x.dtype)
         rec_mask = None
         if training and self.recurrent_dropout > 0:
-            rec_mask = dropout_mask([batch, self.units], self.recurrent_dropout, seed, 2, x.dtype)
+            rec_mask = dropout_mask([batch, self.units], self.recurrent_dropout, seed, 2, tf.float32)
         kernel = tf.cast(self.kernel, x.dtype)
         xw = tf.tensordot(x, kernel, axes=1) + tf.cast(self.bias, x.dtype)  # one big matmul
         xw = tf.transpose(xw, [1, 0, 2])  # [T, B, gates*H]

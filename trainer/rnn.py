@@ -28,11 +28,12 @@ class SimpleRNN(RecurrentLayer):
         steps = tf.shape(xw)[0]
         xs = tf.TensorArray(xw.dtype, size=steps).unstack(xw)
         masks = masked_time_major(mask_tm, steps)
-        hs = tf.TensorArray(xw.dtype, size=steps)
+        hs = tf.TensorArray(tf.float32, size=steps)
 
         def body(t, h, hs):
             hr = h * rec_mask if rec_mask is not None else h
-            h_new = tf.tanh(xs.read(t) + tf.matmul(hr, u))
+            h_new = tf.tanh(tf.cast(xs.read(t), tf.float32)
+                            + tf.cast(tf.matmul(tf.cast(hr, u.dtype), u), tf.float32))
             if masks is not None:
                 h_new = tf.where(masks.read(t), h_new, h)
             return t + 1, h_new, hs.write(t, h_new)

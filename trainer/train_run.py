@@ -59,7 +59,7 @@ def model_config_for(config: PipelineConfig, vocab_size: int) -> dict:
         "vocab_size": vocab_size, "embedding_dim": m.embedding_dim, "hidden_dim": m.hidden_dim,
         "num_layers": m.num_layers, "cell": m.cell, "dropout": m.dropout,
         "recurrent_dropout": m.recurrent_dropout, "tie_embeddings": m.tie_embeddings,
-        "init_scale": config.train.init_scale,
+        "init_scale": config.train.init_scale, "precision": config.train.precision,
     }
 
 

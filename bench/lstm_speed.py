@@ -1,0 +1,143 @@
+"""Training speed of our LSTM against keras.layers.LSTM in the same language model.
+
+For the Zaremba small (2x200) and medium (2x650) shapes (vocab 10k, bptt 35, batch 20), a
+full training step (forward, backward, clipping, SGD update, 10k-way softmax) is timed for:
+  keras     the LanguageModel with keras.layers.LSTM in place of ours (the baseline)
+  ours      our LSTM layer, float32
+  ours-bf16 our LSTM layer with train.precision=mixed_bfloat16
+and the tokens/s of each, its ratio to the baseline of the same run, and the fraction of
+this machine's matmul rate (measured here, 2048^3, float32 and bfloat16) that it reaches.
+Also the latency of one `step` (one token) at batch 1.
+
+Usage: python bench/lstm_speed.py [--shapes small medium] [--steps 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from pipeline.config import TrainConfig  # noqa: E402
+from trainer.language_model import LanguageModel  # noqa: E402
+from trainer.training import Trainer  # noqa: E402
+
+SHAPES = {"small": 200, "medium": 650}
+VOCAB, BPTT, BATCH = 10_000, 35, 20
+
+
+class KerasLSTM(keras.layers.Layer):
+    """keras.layers.LSTM behind our layers' call signature (the baseline)."""
+
+    def __init__(self, units, **kwargs):
+        kwargs.pop("recurrent_dropout", None)
+        init = kwargs.pop("kernel_initializer")
+        kwargs.pop("recurrent_initializer")
+        super().__init__(name=kwargs.pop("name"), dtype=kwargs.pop("dtype"))
+        self.units = units
+        self.inner = keras.layers.LSTM(units, return_sequences=True, return_state=True,
+                                       kernel_initializer=init, recurrent_initializer=init, dtype=self.dtype_policy)
+
+    def build(self, input_shape):
+        self.inner.build(input_shape)
+
+    def call(self, x, initial_state=None, training=False, seed=None):
+        out, h, c = self.inner(x, initial_state=initial_state, training=training)
+        return out, [h, c]
+
+
+def build(hidden: int, kind: str) -> LanguageModel:
+    precision = "mixed_bfloat16" if kind == "ours-bf16" else "float32"
+    model = LanguageModel(VOCAB, hidden, hidden, num_layers=2, precision=precision)
+    if kind == "keras":
+        init = keras.initializers.RandomUniform(-0.1, 0.1)
+        model.recurrent = [KerasLSTM(hidden, kernel_initializer=init, recurrent_initializer=init,
+                                     name=f"keras_lstm_{i}", dtype="float32") for i in range(2)]
+    model.build()
+    return model
+
+
+def matmul_rate(dtype) -> float:
+    a = tf.random.normal([2048, 2048], dtype=tf.float32)
+    a = tf.cast(a, dtype)
+    f = tf.function(lambda a: tf.matmul(a, a))
+    f(a).numpy()
+    start = time.perf_counter()
+    for _ in range(5):
+        f(a).numpy()
+    return 2 * 2048 ** 3 * 5 / (time.perf_counter() - start)
+
+
+def train_flops_per_token(hidden: int) -> float:
+    """Forward FLOPs x 3 (backward is twice the forward): 2 LSTM layers and the softmax."""
+    lstm = 2 * 2 * (hidden * 4 * hidden + hidden * 4 * hidden)
+    softmax = 2 * hidden * VOCAB
+    return 3 * (lstm + softmax)
+
+
+def time_training(model, steps: int, tmp: str) -> float:
+    trainer = Trainer(model, TrainConfig(batch_size=BATCH, bptt=BPTT), tmp, verbose=False)
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.integers(0, VOCAB, (BATCH, BPTT)), tf.int32)
+    states = model.initial_state(BATCH)
+    seed = tf.constant([0, 0], tf.int32)
+    for _ in range(3):
+        trainer._train_step(x, x, states, seed)[0].numpy()
+    start = time.perf_counter()
+    for _ in range(steps):
+        nll, _, states = trainer._train_step(x, x, states, seed)
+    nll.numpy()
+    return BATCH * BPTT * steps / (time.perf_counter() - start)
+
+
+def step_latency(model, calls: int = 200) -> float:
+    step = tf.function(model.step)
+    ids = tf.constant([5], tf.int32)
+    states = model.initial_state(1)
+    for _ in range(5):
+        logits, states = step(ids, states)
+    start = time.perf_counter()
+    for _ in range(calls):
+        logits, states = step(ids, states)
+    logits.numpy()
+    return (time.perf_counter() - start) / calls
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--kinds", nargs="+", default=["keras", "ours", "ours-bf16"])
+    args = parser.parse_args()
+    import tempfile
+
+    peak = {"float32": matmul_rate(tf.float32), "bfloat16": matmul_rate(tf.bfloat16)}
+    print(f"matmul 2048^3 on this machine: float32 {peak['float32'] / 1e9:,.0f} GFLOP/s, "
+          f"bfloat16 {peak['bfloat16'] / 1e9:,.0f} GFLOP/s")
+    print(f"{'shape':7s} {'layer':10s} {'train tok/s':>12s} {'vs keras':>9s} {'GFLOP/s':>8s} "
+          f"{'of peak':>8s} {'step@B=1':>10s}")
+    for shape in args.shapes:
+        hidden = SHAPES[shape]
+        base = None
+        for kind in args.kinds:
+            keras.utils.set_random_seed(0)
+            model = build(hidden, kind)
+            with tempfile.TemporaryDirectory() as tmp:
+                rate = time_training(model, args.steps, tmp)
+            latency = step_latency(model)
+            base = rate if kind == "keras" else base
+            flops = rate * train_flops_per_token(hidden)
+            dtype = "bfloat16" if kind == "ours-bf16" else "float32"
+            ratio = f"{rate / base:.2f}x" if base else "-"
+            print(f"{shape:7s} {kind:10s} {rate:>12,.0f} {ratio:>9s} {flops / 1e9:>8.0f} "
+                  f"{flops / peak[dtype]:>8.1%} {latency * 1e3:>8.2f}ms", flush=True)
+
+
+if __name__ == "__main__":
+    main()
