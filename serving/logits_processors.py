@@ -1,0 +1,70 @@
+"""Changes to next-token logits before a token is chosen, all per row and in-graph.
+
+Order: never <pad>/<bos>; repetition penalty (CTRL: divide a seen token's positive logit
+by the penalty, multiply a negative one); no-repeat n-grams (ban tokens that would repeat
+an n-gram of the sequence so far); no <eos> before `min_new_tokens`.
+
+Example:
+    >>> logits = apply_processors(logits, knobs, seen, history, cur_len, generated)
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from pipeline.constants import BOS_ID, EOS_ID, PAD_ID
+from serving.knobs import MAX_NGRAM, Knobs
+
+NEG_INF = -1e9
+
+
+def apply_processors(logits, knobs: Knobs, seen, history, cur_len, generated):
+    """logits [N, V] float32 -> processed logits [N, V].
+
+    Args:
+        seen: [N, V] float32, 1 where a token occurs in the prompt or output so far.
+        history: int32 [N, L], the sequence so far (prompt then output), valid up to cur_len.
+        cur_len: int32 [N] valid length of history.
+        generated: int32 [N] tokens generated so far.
+    """
+    vocab = tf.shape(logits)[1]
+    banned = tf.one_hot(PAD_ID, vocab) + tf.one_hot(BOS_ID, vocab)
+    logits = tf.where(banned[None, :] > 0, NEG_INF, logits)
+    logits = repetition_penalty(logits, seen, knobs.repetition_penalty)
+    logits = no_repeat_ngram(logits, history, cur_len, knobs.no_repeat_ngram_size)
+    early = generated < knobs.min_new_tokens
+    eos = tf.one_hot(EOS_ID, vocab) > 0
+    logits = tf.where(tf.logical_and(early[:, None], eos[None, :]), NEG_INF, logits)
+    # When the rules ban every token (a tiny vocabulary, say), end the text instead.
+    stuck = tf.reduce_max(logits, axis=1) <= NEG_INF / 2
+    return tf.where(tf.logical_and(stuck[:, None], eos[None, :]), 0.0, logits)
+
+
+def repetition_penalty(logits, seen, penalty):
+    penalty = penalty[:, None]
+    penalized = tf.where(logits > 0, logits / penalty, logits * penalty)
+    return tf.where(seen > 0, penalized, logits)
+
+
+def no_repeat_ngram(logits, history, cur_len, size):
+    """Bans, per row, every token t such that (last size-1 tokens, t) already occurred."""
+    size = tf.minimum(size, MAX_NGRAM)
+    length = tf.shape(history)[1]
+    positions = tf.range(length)[None, :]  # candidate n-gram starts i
+    match = tf.ones_like(history, tf.bool)
+    for j in range(MAX_NGRAM - 1):  # compare history[i + j] with the prefix's j-th token
+        active = j < size - 1  # [N]
+        prefix_pos = cur_len - (size - 1) + j  # [N]
+        prefix_tok = tf.gather(history, tf.clip_by_value(prefix_pos, 0, length - 1), batch_dims=1)
+        shifted = tf.roll(history, shift=-j, axis=1)
+        same = tf.equal(shifted, prefix_tok[:, None])
+        match = tf.logical_and(match, tf.logical_or(~active[:, None], same))
+    target_pos = positions + size[:, None] - 1
+    valid = tf.logical_and(target_pos < cur_len[:, None], size[:, None] > 0)
+    valid = tf.logical_and(valid, (cur_len >= size - 1)[:, None])
+    hit = tf.logical_and(match, valid)
+    tokens = tf.gather(history, tf.clip_by_value(target_pos, 0, length - 1), batch_dims=1)
+    rows = tf.broadcast_to(tf.range(tf.shape(history)[0])[:, None], tf.shape(history))
+    indices = tf.stack([tf.boolean_mask(rows, hit), tf.boolean_mask(tokens, hit)], axis=1)
+    counts = tf.scatter_nd(indices, tf.ones([tf.shape(indices)[0]]), tf.shape(logits))
+    return tf.where(counts > 0, NEG_INF, logits)

@@ -1,0 +1,87 @@
+"""How the next token is chosen from processed logits: one small class per strategy.
+
+All take temperature-scaled logits and one uniform number per row (from `counter_rng`),
+sample by inverse CDF, and so are deterministic given the seed.
+
+    greedy   the most probable token
+    sample   from the whole distribution
+    top_k    from the k most probable tokens (k per row)
+    top_p    from the smallest set whose probability reaches p (at least one token)
+
+Example:
+    >>> get_strategy("top_k").select(logits, knobs, u)   # int32 [B]
+    >>> get_strategy("top_q")
+    Traceback (most recent call last):
+    ValueError: unknown decoding strategy 'top_q'; choose one of: greedy, sample, top_k, top_p
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from serving.knobs import Knobs
+
+
+def inverse_cdf(probs: tf.Tensor, u: tf.Tensor) -> tf.Tensor:
+    """Index j [N] with cdf[j-1] < u * total <= cdf[j]; zero-probability entries are never hit."""
+    cdf = tf.cumsum(tf.cast(probs, tf.float64), axis=1)
+    target = u[:, None] * cdf[:, -1:]
+    index = tf.reduce_sum(tf.cast(cdf < target, tf.int32), axis=1)
+    return tf.minimum(index, tf.shape(probs)[1] - 1)
+
+
+def _tempered(logits, knobs: Knobs):
+    temperature = tf.maximum(knobs.temperature, 1e-6)[:, None]
+    return logits / temperature
+
+
+class Greedy:
+    name = "greedy"
+    uses_random = False
+
+    def select(self, logits, knobs: Knobs, u) -> tf.Tensor:
+        return tf.argmax(logits, axis=1, output_type=tf.int32)
+
+
+class Sample:
+    name = "sample"
+    uses_random = True
+
+    def select(self, logits, knobs: Knobs, u) -> tf.Tensor:
+        return inverse_cdf(tf.nn.softmax(_tempered(logits, knobs)), u)
+
+
+class TopK:
+    name = "top_k"
+    uses_random = True
+
+    def select(self, logits, knobs: Knobs, u) -> tf.Tensor:
+        vocab = tf.shape(logits)[1]
+        k = tf.clip_by_value(knobs.k, 1, vocab)
+        values, indices = tf.math.top_k(logits, k=tf.reduce_max(k))
+        keep = tf.range(tf.shape(values)[1])[None, :] < k[:, None]
+        probs = tf.where(keep, tf.nn.softmax(_tempered(values, knobs)), 0.0)
+        return tf.gather(indices, inverse_cdf(probs, u), batch_dims=1)
+
+
+class TopP:
+    name = "top_p"
+    uses_random = True
+
+    def select(self, logits, knobs: Knobs, u) -> tf.Tensor:
+        values, indices = tf.math.top_k(logits, k=tf.shape(logits)[1])  # sorted, descending
+        probs = tf.nn.softmax(_tempered(values, knobs))
+        before = tf.cumsum(probs, axis=1, exclusive=True)
+        keep = before < knobs.p[:, None]  # the first token always stays (before = 0 < p)
+        probs = tf.where(keep, probs, 0.0)
+        return tf.gather(indices, inverse_cdf(probs, u), batch_dims=1)
+
+
+STRATEGIES = {cls.name: cls for cls in (Greedy, Sample, TopK, TopP)}
+
+
+def get_strategy(name: str):
+    """The strategy called `name`; the error quotes the name it got."""
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown decoding strategy {name!r}; choose one of: {', '.join(STRATEGIES)}")
+    return STRATEGIES[name]()
