@@ -4,8 +4,11 @@
     lmpipe preprocess [--config FILE] [--set ...] [any Beam pipeline option ...]
     lmpipe train [--config FILE] [--set ...]
     lmpipe evaluate [--config FILE] [--split test] [--model-dir DIR]
+    lmpipe export [--config FILE] [--no-check];  lmpipe check-export DIR
+    lmpipe serve [--config FILE] [--model-base-path DIR] [--port 8501]
+    lmpipe generate (--url URL --model NAME | --export-dir DIR) [--method top_p] PROMPT ...
 
-Exit codes: 0 success, 1 failure, 2 config or usage error, 3 unusable input data,
+Exit codes: 0 success, 1 failure (or a failed serving check), 2 config or usage error, 3 unusable input data,
 4 MLflow tracking unreachable.
 """
 
@@ -99,23 +102,94 @@ def cmd_evaluate(args, extra: list[str]) -> int:
     config = _load(args)
     from trainer.data import load_token_stream
     from trainer.evaluation import evaluate
-    from trainer.train_run import MODEL_DIR, load_trained_model, run_dir_for
+    from trainer.train_run import load_trained_model
 
     dataset_dir = args.dataset_dir or _dataset_for(config)
-    model_dir = args.model_dir
-    if model_dir is None:
-        with open(os.path.join(dataset_dir, "stats.json")) as f:
-            fingerprint = json.load(f)["fingerprint"]
-        model_dir = os.path.join(run_dir_for(config, fingerprint), MODEL_DIR)
-    if not os.path.exists(os.path.join(model_dir, "metrics.json")):
-        from pipeline.errors import InputDataError
-
-        raise InputDataError(f"no trained model at {model_dir}; run lmpipe train first or pass --model-dir")
-    model = load_trained_model(model_dir)
+    model = load_trained_model(_trained_model_dir(config, args.model_dir, dataset_dir))
     for split in args.split:
         result = evaluate(model, load_token_stream(dataset_dir, split))
         print(json.dumps({"split": split, "perplexity": result.perplexity, "loss": result.loss,
                           "bits_per_token": result.bits_per_token, "tokens": result.tokens}))
+    return 0
+
+
+def _trained_model_dir(config, model_dir: str | None, dataset_dir: str | None = None) -> str:
+    from pipeline.errors import InputDataError
+    from trainer.train_run import METRICS, MODEL_DIR, run_dir_for
+
+    if model_dir is None:
+        dataset_dir = dataset_dir or _dataset_for(config)
+        with open(os.path.join(dataset_dir, "stats.json")) as f:
+            fingerprint = json.load(f)["fingerprint"]
+        model_dir = os.path.join(run_dir_for(config, fingerprint), MODEL_DIR)
+    if not os.path.exists(os.path.join(model_dir, METRICS)):
+        raise InputDataError(f"no trained model at {model_dir}; run lmpipe train first or pass --model-dir")
+    return model_dir
+
+
+def cmd_export(args, extra: list[str]) -> int:
+    config = _load(args)
+    model_dir = _trained_model_dir(config, args.model_dir)
+    from serving.export import export_model
+
+    result = export_model(model_dir, config.export.base_path, config.export.model_name,
+                          config.export.default_signature, config.export.max_new_tokens)
+    print(f"exported version {result.version}: {result.path}")
+    if args.check:
+        return _report_check(result.path)
+    return 0
+
+
+def cmd_check_export(args, extra: list[str]) -> int:
+    return _report_check(args.export_dir)
+
+
+def _report_check(path: str) -> int:
+    from serving.check_export import check_export
+
+    report = check_export(path)
+    for name, shapes in sorted(report["signatures"].items()):
+        print(f"  {name}: " + ", ".join(f"{k} {v}" for k, v in sorted(shapes.items())))
+    for problem in report["problems"]:
+        print(f"  problem: {problem}", file=sys.stderr)
+    verdict = "passes" if report["ok"] else "FAILS"
+    print(f"serving check {verdict}: {path} (clean process, {report.get('ops', 0)} op types)")
+    return 0 if report["ok"] else 1
+
+
+def cmd_serve(args, extra: list[str]) -> int:
+    config = _load(args)
+    from serving.server import serve
+
+    base = args.model_base_path or os.path.join(config.export.base_path, config.export.model_name)
+    serve(base, host=args.host or config.serve.host, port=args.port or config.serve.port,
+          max_batch_size=config.serve.max_batch_size)
+    return 0
+
+
+def cmd_generate(args, extra: list[str]) -> int:
+    knobs = {name: getattr(args, name) for name in
+             ("max_new_tokens", "min_new_tokens", "temperature", "k", "p", "seed", "beam_width",
+              "repetition_penalty", "no_repeat_ngram_size", "length_penalty")
+             if getattr(args, name) is not None}
+    from serving.client import request_instances
+    from serving.generation_module import SIGNATURE_KNOBS
+
+    knobs = {k: v for k, v in knobs.items() if k in SIGNATURE_KNOBS[args.method]}
+    instances = request_instances(args.prompts, args.method, **knobs)
+    if args.export_dir:
+        from serving.local_predict import predict_local
+
+        predictions = predict_local(args.export_dir, args.method, instances)
+    else:
+        from serving.client import ServingClient
+
+        predictions = ServingClient(args.url, args.model).predict(args.method, instances)["predictions"]
+    for prompt, pred in zip(args.prompts, predictions):
+        texts = pred["text"] if isinstance(pred["text"], list) else [pred["text"]]
+        scores = pred["log_prob"] if isinstance(pred["log_prob"], list) else [pred["log_prob"]]
+        for text, score in zip(texts, scores):
+            print(f"{prompt} -> {text}    (log p = {score:.2f})")
     return 0
 
 
@@ -158,6 +232,37 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     ev.add_argument("--model-dir", help="a trained model folder (default: this config's run)")
     ev.add_argument("--dataset-dir", help="a preprocessed dataset folder (default: this config's)")
     handlers["evaluate"] = cmd_evaluate
+
+    ex = sub.add_parser("export", help="write the trained model as a new SavedModel version")
+    _config_args(ex)
+    ex.add_argument("--model-dir", help="a trained model folder (default: this config's run)")
+    ex.add_argument("--no-check", dest="check", action="store_false",
+                    help="skip the clean-process serving check")
+    handlers["export"] = cmd_export
+
+    chk = sub.add_parser("check-export", help="prove an export runs without this project (TF Serving)")
+    chk.add_argument("export_dir")
+    handlers["check-export"] = cmd_check_export
+
+    srv = sub.add_parser("serve", help="serve the exported versions with TF Serving's REST API")
+    _config_args(srv)
+    srv.add_argument("--model-base-path", help="<export.base_path>/<model_name> (default from config)")
+    srv.add_argument("--host", help="bind address (default serve.host, 127.0.0.1)")
+    srv.add_argument("--port", type=int, help="port (default serve.port)")
+    handlers["serve"] = cmd_serve
+
+    gen = sub.add_parser("generate", help="generate text through a server or a SavedModel")
+    gen.add_argument("prompts", nargs="+")
+    where = gen.add_mutually_exclusive_group(required=True)
+    where.add_argument("--url", help="a TF Serving or lmpipe serve REST address")
+    where.add_argument("--export-dir", help="a SavedModel version folder, run in this process")
+    gen.add_argument("--model", default="lm", help="model name on the server")
+    gen.add_argument("--method", default="top_p", choices=["greedy", "beam_search", "sample", "top_k", "top_p"])
+    for name, kind in [("max_new_tokens", int), ("min_new_tokens", int), ("temperature", float),
+                       ("k", int), ("p", float), ("seed", int), ("beam_width", int),
+                       ("repetition_penalty", float), ("no_repeat_ngram_size", int), ("length_penalty", float)]:
+        gen.add_argument("--" + name.replace("_", "-"), dest=name, type=kind)
+    handlers["generate"] = cmd_generate
     return parser, handlers
 
 

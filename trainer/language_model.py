@@ -75,6 +75,7 @@ class LanguageModel(keras.Model):
         self.tie_embeddings = tie_embeddings
         self.init_scale = init_scale
         self.precision = precision
+        self.supports_masking = True
         init = keras.initializers.RandomUniform(-init_scale, init_scale, seed=None)
         self.embedding = keras.layers.Embedding(
             vocab_size, embedding_dim, embeddings_initializer=init, dtype=precision, name="embedding")
@@ -114,8 +115,9 @@ class LanguageModel(keras.Model):
         return [tf.zeros([batch_size, self.hidden_dim], tf.float32)
                 for _ in range(self.num_layers * self.states_per_layer)]
 
-    def call(self, inputs, states=None, training=False, seed=None):
-        """ids [B, T] -> (logits [B, T, V] float32, new states). `seed` [2] keys dropout."""
+    def call(self, inputs, states=None, training=False, seed=None, mask=None):
+        """ids [B, T] -> (logits [B, T, V] float32, new states). `seed` [2] keys dropout;
+        `mask` [B, T] marks real positions (padding leaves the state unchanged)."""
         ids = tf.convert_to_tensor(inputs)
         batch = tf.shape(ids)[0]
         states = list(states) if states is not None else self.initial_state(batch)
@@ -126,7 +128,8 @@ class LanguageModel(keras.Model):
         n = self.states_per_layer
         for i, layer in enumerate(self.recurrent):
             layer_seed = seed + tf.constant([0, 1000 * (i + 1)], tf.int32)
-            x, layer_states = layer(x, initial_state=states[i * n:(i + 1) * n], training=training, seed=layer_seed)
+            x, layer_states = layer(x, initial_state=states[i * n:(i + 1) * n], training=training,
+                                    seed=layer_seed, mask=mask)
             x = self._dropout(x, training, seed, i + 1)
             new_states += [tf.cast(s, tf.float32) for s in layer_states]
         return self._logits(x), new_states
@@ -135,6 +138,13 @@ class LanguageModel(keras.Model):
         """One token per row: ids [B] -> (logits [B, V], new states). For the decoders."""
         logits, states = self(token_ids[:, None], states, training=False)
         return logits[:, 0, :], states
+
+    def prime(self, prompt_ids, prompt_lengths):
+        """Reads right-padded prompts [B, P] at once: (logits after each one's last token
+        [B, V], states after it). For the decoders; lengths must be >= 1."""
+        mask = tf.sequence_mask(prompt_lengths, tf.shape(prompt_ids)[1])
+        logits, states = self(prompt_ids, training=False, mask=mask)
+        return tf.gather(logits, prompt_lengths - 1, batch_dims=1), states
 
     def _logits(self, x):
         x = tf.cast(x, self.embedding.compute_dtype)  # bfloat16 under mixed_bfloat16

@@ -1,0 +1,135 @@
+"""The versions of one exported model, loaded and watched like TF Serving does.
+
+The newest integer version under `<base_path>/<model_name>` is served; a newer one that
+appears is loaded (and warmed up with its own warmup requests) in the background and
+swapped in only when ready, so requests never see half a model. An older version is
+loaded on demand when a request names it.
+
+Example:
+    >>> versions = ModelVersions("work/export/lm", poll_seconds=2).start()
+    >>> versions.latest().version
+    3
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import threading
+import time
+
+import tensorflow as tf
+import tensorflow_text  # noqa: F401  (registers the TF Text ops the graph uses)
+from google.protobuf import json_format
+from tensorflow.core.protobuf import saved_model_pb2
+
+from serving.export import EXPORT_META, existing_versions
+from serving.warmup import WARMUP_FILE, read_warmup_requests
+
+
+@dataclasses.dataclass
+class LoadedVersion:
+    version: int
+    path: str
+    model: object
+    signature_defs: dict  # name -> SignatureDef as TF Serving's JSON
+    meta: dict  # assets.extra/lmpipe_export.json
+
+    def signature(self, name: str):
+        return self.model.signatures[name]
+
+
+def load_version(path: str, version: int, warm_up: bool = True) -> LoadedVersion:
+    model = tf.saved_model.load(path)
+    proto = saved_model_pb2.SavedModel()
+    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+        proto.ParseFromString(f.read())
+    defs = {name: json_format.MessageToDict(sig, preserving_proto_field_name=True)
+            for name, sig in proto.meta_graphs[0].signature_def.items()}
+    meta_path = os.path.join(path, "assets.extra", EXPORT_META)
+    meta = json.load(open(meta_path)) if os.path.exists(meta_path) else {}
+    loaded = LoadedVersion(version, path, model, defs, meta)
+    warmup = os.path.join(path, "assets.extra", WARMUP_FILE)
+    if warm_up and os.path.exists(warmup):
+        for name, inputs in read_warmup_requests(warmup):
+            specs = loaded.signature(name).structured_input_signature[1]
+            loaded.signature(name)(**{k: tf.constant(v, specs[k].dtype) for k, v in inputs.items()})
+    return loaded
+
+
+class ModelVersions:
+    """Thread-safe view of the served versions of one model folder."""
+
+    def __init__(self, model_base_path: str, poll_seconds: float = 2.0) -> None:
+        self.base = model_base_path
+        self.name = os.path.basename(os.path.normpath(model_base_path))
+        self.poll_seconds = poll_seconds
+        self._loaded: dict[int, LoadedVersion] = {}
+        self._latest: int | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+
+    def start(self) -> "ModelVersions":
+        """Loads the newest version now and watches for newer ones."""
+        self.refresh()
+        if self._latest is None:
+            raise FileNotFoundError(f"no integer version folder under {self.base}; run lmpipe export first")
+        threading.Thread(target=self._watch, name="version-watcher", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def refresh(self) -> None:
+        """Loads the newest version if it is newer than the one served."""
+        versions = existing_versions(self.base)
+        if not versions or versions[-1] == self._latest:
+            return
+        newest = versions[-1]
+        loaded = load_version(os.path.join(self.base, str(newest)), newest)
+        with self._lock:
+            self._loaded[newest] = loaded
+            self._latest = newest
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.poll_seconds):
+            try:
+                self.refresh()
+            except Exception as err:  # noqa: BLE001 - a bad new version must not stop serving
+                print(f"lmpipe serve: cannot load new version in {self.base}: {err}", flush=True)
+
+    def latest(self) -> LoadedVersion:
+        with self._lock:
+            return self._loaded[self._latest]
+
+    def get(self, version: int | None) -> LoadedVersion | None:
+        """The given version (loaded on demand), the latest for None; None if absent."""
+        if version is None:
+            return self.latest()
+        with self._lock:
+            if version in self._loaded:
+                return self._loaded[version]
+        path = os.path.join(self.base, str(version))
+        if not os.path.isdir(path):
+            return None
+        loaded = load_version(path, version)
+        with self._lock:
+            self._loaded.setdefault(version, loaded)
+        return loaded
+
+    def status(self) -> list[dict]:
+        with self._lock:
+            served = sorted(self._loaded)
+        return [{"version": str(v), "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+                for v in reversed(served)]
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.2) -> bool:
+    """Polls `predicate` until true or `timeout` seconds pass (for tests and tools)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
