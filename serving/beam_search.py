@@ -3,8 +3,8 @@
 Each prompt keeps `beam_width` alive hypotheses (per row; the batch runs at the largest
 width and masks the rest) and a pool of finished ones. At each step the 2W best
 extensions are split: those ending in <eos> (or at `max_new_tokens`) join the finished
-pool, scored by log P / ((5 + length) / 6) ** length_penalty; the W best others stay
-alive. A row is done when its worst kept finished score beats the best an alive beam
+pool (if ranked among the W best), scored by log P / ((5 + length) / 6) ** length_penalty;
+the W best others stay alive. A row is done when its worst kept finished score beats the best an alive beam
 could still reach (the tensor2tensor rule), and the loop ends when every row is done.
 
 Example:
@@ -94,7 +94,10 @@ def beam_search(model, prompt_ids, prompt_lengths, knobs: Knobs) -> BeamOutput:
         position = tf.one_hot(t, max_new, dtype=tf.int32)[None, None, :]
         cand_seq = tf.gather(alive_seq, parent, batch_dims=1) * (1 - position) + token[:, :, None] * position
         finishing = tf.logical_or(tf.equal(token, EOS_ID), (t + 1 >= row_max)[:, None])
-        valid = cand_score > _DEAD
+        # Only an <eos> among the W best extensions finishes a hypothesis (so a beam of
+        # width 1 is exactly greedy); lower-ranked ones are dropped, not kept alive.
+        top_ranked = tf.range(2 * width)[None, :] < widths[:, None]
+        valid = tf.logical_and(cand_score > _DEAD, top_ranked)
         # Finished pool: the best W of old and new, length-normalised.
         new_fin = tf.where(tf.logical_and(finishing, valid), cand_score / length_norm(t + 1, alpha)[..., None], NEG_INF)
         pool_score = tf.concat([fin_score, new_fin], axis=1)

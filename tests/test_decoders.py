@@ -1,0 +1,198 @@
+"""Decoders on hand-built models, where the right answers are known exactly."""
+
+import itertools
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from scipy import stats
+
+from serving.beam_search import beam_search
+from serving.generate import generate
+from serving.knobs import Knobs
+from serving.strategies import get_strategy
+
+from scripted_models import BigramModel, scripted
+
+EOS = 3
+
+
+def _run(model, prompts, strategy="greedy", **knobs):
+    lengths = [len(p) for p in prompts]
+    ids = [p + [0] * (max(lengths) - len(p)) for p in prompts]
+    out = generate(model, tf.constant(ids), tf.constant(lengths), Knobs.defaults(len(prompts), **knobs),
+                   get_strategy(strategy))
+    return [row[:n] for row, n in zip(out.token_ids.numpy().tolist(), out.lengths.numpy())], out
+
+
+def _random_bigram(vocab=9, seed=0, sharp=2.0):
+    rng = np.random.default_rng(seed)
+    probs = rng.dirichlet(np.ones(vocab) / sharp, size=vocab)
+    probs[:, :3] = 0  # <pad>, <unk>, <bos> never follow
+    return BigramModel(probs / probs.sum(1, keepdims=True))
+
+
+class CountingModel:
+    """Counts step calls in a variable, so the loop's early stop can be seen."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.calls = tf.Variable(0)
+
+    def initial_state(self, batch):
+        return self.inner.initial_state(batch)
+
+    def step(self, ids, states):
+        self.calls.assign_add(1)
+        return self.inner.step(ids, states)
+
+
+def test_greedy_exact_tokens_lengths_and_early_stop():
+    model = CountingModel(scripted([0, 0, 0, 4, 5, 6, 7, EOS], vocab=8))
+    tokens, out = _run(model, [[EOS, 4], [EOS, 5, 6]], max_new_tokens=10)
+    assert tokens == [[5, 6, 7, EOS], [7, EOS]]
+    assert out.token_ids.shape == (2, 10)  # the fixed buffer
+    # prime reads 3 positions, then 4 loop steps: the loop stopped when both rows had.
+    assert int(model.calls.numpy()) == 1 + 3 + 4
+
+
+def test_max_and_min_new_tokens_per_row():
+    model = scripted([0, 0, 0, 4, 5, 6, 7, EOS], vocab=8)
+    tokens, _ = _run(model, [[EOS, 4], [EOS, 4]], max_new_tokens=[2, 10])
+    assert tokens == [[5, 6], [5, 6, 7, EOS]]
+    tokens, _ = _run(model, [[EOS, 6]], max_new_tokens=4, min_new_tokens=3)
+    assert tokens[0][:1] == [7] and EOS not in tokens[0][:3]
+
+
+def test_repetition_penalty_and_no_repeat_ngram():
+    probs = np.full((6, 6), 0.0)
+    probs[3] = [0, 0, 0, 0, 0.6, 0.4]
+    probs[4] = [0, 0, 0, 0.1, 0.5, 0.4]  # after 4: 4 again is the best...
+    probs[5] = [0, 0, 0, 0.1, 0.5, 0.4]
+    model = BigramModel(probs)
+    assert _run(model, [[EOS]], max_new_tokens=4)[0] == [[4, 4, 4, 4]]
+    # ...unless seen tokens are penalised: log 0.5 * 2 < log 0.4 makes 5 win after 4.
+    assert _run(model, [[EOS]], max_new_tokens=2, repetition_penalty=2.0)[0] == [[4, 5]]
+    # No 2-gram may repeat: 4 4, then (4, 4) is banned so 5, then 4 after 5 is new, then
+    # after 4 both (4, 4) and (4, 5) are taken, so only <eos> is left.
+    assert _run(model, [[EOS]], max_new_tokens=5, no_repeat_ngram_size=2)[0] == [[4, 4, 5, 4, EOS]]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_beam_width_one_and_greedy_limits_agree(seed):
+    model = _random_bigram(seed=seed)
+    prompts = [[EOS, 4], [EOS, 7, 5, 6], [EOS]]
+    greedy, _ = _run(model, prompts, max_new_tokens=6)
+    for strategy, knobs in [("top_k", {"k": 1}), ("top_p", {"p": 1e-6})]:
+        for s in range(5):
+            assert _run(model, prompts, strategy, max_new_tokens=6, seed=s, **knobs)[0] == greedy
+    beam = beam_search(model, tf.constant([p + [0] * (4 - len(p)) for p in prompts]), tf.constant([2, 4, 1]),
+                       Knobs.defaults(3, max_new_tokens=6, beam_width=1, length_penalty=0.0))
+    best = [row[0][:n] for row, n in zip(beam.token_ids.numpy().tolist(), beam.lengths.numpy()[:, 0])]
+    assert best == greedy  # without length normalisation, which may prefer longer texts
+
+
+def _exhaustive_best(probs, prompt_last, max_new, alpha):
+    """Best length-normalised sequence by enumerating every sequence (ending at <eos> or max)."""
+    best, best_seq = -np.inf, None
+    vocab = probs.shape[0]
+    for n in range(1, max_new + 1):
+        for seq in itertools.product(range(3, vocab), repeat=n):
+            if EOS in seq[:-1] or (n < max_new and seq[-1] != EOS):
+                continue
+            prev, lp = prompt_last, 0.0
+            for tok in seq:
+                lp += np.log(probs[prev, tok])
+                prev = tok
+            score = lp / ((5 + n) / 6) ** alpha
+            if score > best:
+                best, best_seq = score, list(seq)
+    return best_seq, best
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.6, 1.0])
+def test_beam_search_finds_the_exhaustive_best(alpha):
+    probs = np.zeros((6, 6))
+    probs[3] = [0, 0, 0, 0.05, 0.55, 0.40]
+    probs[4] = [0, 0, 0, 0.30, 0.35, 0.35]
+    probs[5] = [0, 0, 0, 0.90, 0.05, 0.05]
+    model = BigramModel(probs)
+    expected, score = _exhaustive_best(probs, EOS, max_new=4, alpha=alpha)
+    out = beam_search(model, tf.constant([[EOS]]), tf.constant([1]),
+                      Knobs.defaults(1, max_new_tokens=4, beam_width=6, length_penalty=alpha))
+    n = int(out.lengths[0, 0])
+    assert out.token_ids[0, 0, :n].numpy().tolist() == expected
+    assert float(out.score[0, 0]) == pytest.approx(score, rel=1e-4)
+    assert float(out.log_prob[0, 0]) == pytest.approx(
+        sum(np.log(probs[a, b]) for a, b in zip([EOS] + expected, expected)), rel=1e-4)
+    greedy, _ = _run(model, [[EOS]], max_new_tokens=4)
+    assert greedy[0][:2] == [4, 4]  # greedy starts with the locally best token instead
+
+
+def test_beam_returns_n_best_sorted_and_respects_row_widths():
+    model = _random_bigram(seed=4)
+    out = beam_search(model, tf.constant([[EOS], [EOS]]), tf.constant([1, 1]),
+                      Knobs.defaults(2, max_new_tokens=5, beam_width=[3, 1]))
+    scores = out.score.numpy()
+    assert (np.diff(scores[0]) <= 1e-6).all()
+    assert (scores[1, 1:] < -1e8).all() and (out.lengths.numpy()[1, 1:] == 0).all()
+
+
+def test_sampled_frequencies_match_the_model():
+    probs = np.zeros((8, 8))
+    probs[EOS] = [0, 0, 0, 0.05, 0.4, 0.25, 0.2, 0.1]
+    model = BigramModel(probs)
+    n = 4000
+    out = generate(model, tf.fill([n, 1], EOS), tf.ones([n], tf.int32),
+                   Knobs.defaults(n, max_new_tokens=1, seed=tf.range(n, dtype=tf.int64)), get_strategy("sample"))
+    first = out.token_ids.numpy()[:, 0]
+    observed = np.bincount(first, minlength=8)[3:]
+    _, p_value = stats.chisquare(observed, probs[EOS, 3:] * n)
+    assert p_value > 0.001, observed
+
+
+def test_top_k_and_top_p_stay_inside_their_sets():
+    probs = np.zeros((9, 9))
+    probs[EOS] = [0, 0, 0, 0.02, 0.3, 0.25, 0.2, 0.15, 0.08]
+    model = BigramModel(probs)
+    n = 600
+    seeds = tf.range(n, dtype=tf.int64)
+    top_k = generate(model, tf.fill([n, 1], EOS), tf.ones([n], tf.int32),
+                     Knobs.defaults(n, max_new_tokens=1, k=3, seed=seeds), get_strategy("top_k"))
+    assert set(top_k.token_ids.numpy()[:, 0]) == {4, 5, 6}
+    top_p = generate(model, tf.fill([n, 1], EOS), tf.ones([n], tf.int32),
+                     Knobs.defaults(n, max_new_tokens=1, p=0.7, seed=seeds), get_strategy("top_p"))
+    assert set(top_p.token_ids.numpy()[:, 0]) == {4, 5, 6}  # 0.3 + 0.25 < 0.7 <= 0.75
+
+
+@pytest.mark.parametrize("strategy", ["sample", "top_k", "top_p"])
+def test_seeds_reproduce_and_differ(strategy):
+    model = _random_bigram(seed=5, sharp=0.5)
+    a, _ = _run(model, [[EOS]] * 3, strategy, max_new_tokens=12, seed=[1, 1, 2], k=5, p=0.95)
+    b, _ = _run(model, [[EOS]] * 3, strategy, max_new_tokens=12, seed=[1, 1, 2], k=5, p=0.95)
+    assert a == b and a[0] == a[1] and a[0] != a[2]
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "sample", "top_k", "top_p", "beam"])
+def test_batch_of_different_lengths_equals_each_prompt_alone(strategy):
+    model = _random_bigram(seed=6)
+    prompts = [[EOS, 4, 5], [EOS], [EOS, 8, 7, 6, 5]]
+    seeds = [11, 12, 13]
+    if strategy == "beam":
+        def run(ps, ss):
+            lengths = [len(p) for p in ps]
+            ids = [p + [0] * (max(lengths) - len(p)) for p in ps]
+            out = beam_search(model, tf.constant(ids), tf.constant(lengths),
+                              Knobs.defaults(len(ps), max_new_tokens=6, beam_width=3))
+            return [row[0][:n] for row, n in zip(out.token_ids.numpy().tolist(), out.lengths.numpy()[:, 0])]
+    else:
+        def run(ps, ss):
+            return _run(model, ps, strategy, max_new_tokens=6, seed=ss, k=4, p=0.9)[0]
+    together = run(prompts, seeds)
+    alone = [run([p], [s])[0] for p, s in zip(prompts, seeds)]
+    assert together == alone
+
+
+def test_unknown_strategy_quotes_the_name():
+    with pytest.raises(ValueError, match="unknown decoding strategy 'top_q'"):
+        get_strategy("top_q")
