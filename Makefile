@@ -19,6 +19,15 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/lmpipe preprocess --config pipeline_config.yaml
 	$(BIN)/lmpipe train --config pipeline_config.yaml
+	$(BIN)/lmpipe export --config pipeline_config.yaml
+	@latest=$$(ls work/export/lm | grep -E '^[0-9]+$$' | sort -n | tail -1); \
+	for method in greedy beam_search sample top_k top_p; do \
+	  echo "== $$method"; \
+	  $(BIN)/lmpipe generate --export-dir work/export/lm/$$latest --method $$method \
+	    --max-new-tokens 20 "the for statement" || exit 1; \
+	done; \
+	echo "dataset: work/data/  MLflow: sqlite:///work/mlflow.db (mlflow ui --backend-store-uri sqlite:///work/mlflow.db)"; \
+	echo "exported model: work/export/lm/$$latest  serve it: $(BIN)/lmpipe serve"
 
 test: $(STAMP)
 	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/python -m pytest -q -ra
