@@ -7,9 +7,10 @@
     lmpipe export [--config FILE] [--no-check];  lmpipe check-export DIR
     lmpipe serve [--config FILE] [--model-base-path DIR] [--port 8501]
     lmpipe generate (--url URL --model NAME | --export-dir DIR) [--method top_p] PROMPT ...
+    lmpipe run [--config FILE] [Beam options];  lmpipe schedule --cron "0 3 * * *" [--systemd]
 
 Exit codes: 0 success, 1 failure (or a failed serving check), 2 config or usage error, 3 unusable input data,
-4 MLflow tracking unreachable.
+4 MLflow tracking unreachable; lmpipe run adds 10 not better, 11 locked.
 """
 
 from __future__ import annotations
@@ -162,8 +163,31 @@ def cmd_serve(args, extra: list[str]) -> int:
     from serving.server import serve
 
     base = args.model_base_path or os.path.join(config.export.base_path, config.export.model_name)
+    config_dir = args.model_config_dir or (None if args.model_base_path else config.export.base_path)
     serve(base, host=args.host or config.serve.host, port=args.port or config.serve.port,
-          max_batch_size=config.serve.max_batch_size)
+          max_batch_size=config.serve.max_batch_size, config_dir=config_dir)
+    return 0
+
+
+def cmd_run(args, beam_args: list[str]) -> int:
+    config = _load(args)
+    from pipeline.scheduled_run import run_pipeline
+
+    manifest = run_pipeline(config, beam_args)
+    print(f"decision: {manifest['decision']} - {manifest.get('reason', '')}")
+    if manifest.get("stable_version"):
+        print(f"  champion: registry {config.tracking.registered_model} v"
+              f"{manifest.get('registered_version') if manifest['decision'] == 'promoted' else manifest.get('champion_before')}"
+              f", export version {manifest['stable_version']} ({manifest.get('models_config')})")
+    print(f"  manifest: {manifest.get('manifest_path')}")
+    return manifest["exit_code"]
+
+
+def cmd_schedule(args, extra: list[str]) -> int:
+    from pipeline.schedule import schedule_command
+
+    print(schedule_command(args.config, args.cron, systemd=args.systemd, install=args.install,
+                           log_file=_load(args).run.log_file), end="")
     return 0
 
 
@@ -249,6 +273,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     srv.add_argument("--model-base-path", help="<export.base_path>/<model_name> (default from config)")
     srv.add_argument("--host", help="bind address (default serve.host, 127.0.0.1)")
     srv.add_argument("--port", type=int, help="port (default serve.port)")
+    srv.add_argument("--model-config-dir", help="folder of a models.config pinning versions and labels "
+                     "(default: export.base_path when --model-base-path is not given)")
     handlers["serve"] = cmd_serve
 
     gen = sub.add_parser("generate", help="generate text through a server or a SavedModel")
@@ -263,13 +289,26 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
                        ("repetition_penalty", float), ("no_repeat_ngram_size", int), ("length_penalty", float)]:
         gen.add_argument("--" + name.replace("_", "-"), dest=name, type=kind)
     handlers["generate"] = cmd_generate
+
+    run = sub.add_parser(
+        "run", help="every stage, idempotent and locked: for cron, systemd or Airflow",
+        description="Exit codes: 0 promoted or nothing new, 10 not better, 11 locked, 1 failure.")
+    _config_args(run)
+    handlers["run"] = cmd_run
+
+    sch = sub.add_parser("schedule", help="print (or --install) a crontab line or a systemd timer for lmpipe run")
+    _config_args(sch)
+    sch.add_argument("--cron", default="0 3 * * *", help='cron expression (default "0 3 * * *")')
+    sch.add_argument("--systemd", action="store_true", help="a systemd service + timer instead of crontab")
+    sch.add_argument("--install", action="store_true", help="install it (user crontab / ~/.config/systemd/user)")
+    handlers["schedule"] = cmd_schedule
     return parser, handlers
 
 
 def main(argv: list[str] | None = None) -> int:
     parser, handlers = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command != "preprocess":
+    if extra and args.command not in ("preprocess", "run"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -103,6 +103,9 @@ class TrainConfig(_Section):
     early_stopping_patience: int = Field(0, ge=0)  # epochs; 0: off
     precision: Literal["float32", "mixed_bfloat16"] = "float32"
     seed: int = 0
+    # champion: start from the registry champion's weights when the vocabulary and model
+    # shape are unchanged (lmpipe run says why not otherwise).
+    warm_start: Literal["none", "champion"] = "none"
 
 
 class TrackingConfig(_Section):
@@ -125,6 +128,18 @@ class ServeConfig(_Section):
     max_batch_size: int = Field(64, ge=1)
 
 
+class PromoteConfig(_Section):
+    # A new model becomes champion only if its test perplexity is below
+    # champion_ppl * (1 - min_improvement), both measured on the same test data.
+    min_improvement: float = Field(0.0, ge=0.0, lt=1.0)
+    canary: bool = False  # also serve the latest challenger under the `canary` label
+
+
+class RunConfig(_Section):
+    work_dir: str = "work/runs"  # run manifests and the lock of `lmpipe run`
+    log_file: str = "work/runs/lmpipe-run.log"  # where scheduled runs append their output
+
+
 class PipelineConfig(_Section):
     """The whole config: one section per stage."""
 
@@ -136,3 +151,5 @@ class PipelineConfig(_Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    promote: PromoteConfig = Field(default_factory=PromoteConfig)
+    run: RunConfig = Field(default_factory=RunConfig)

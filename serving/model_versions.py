@@ -61,10 +61,15 @@ def load_version(path: str, version: int, warm_up: bool = True) -> LoadedVersion
 class ModelVersions:
     """Thread-safe view of the served versions of one model folder."""
 
-    def __init__(self, model_base_path: str, poll_seconds: float = 2.0) -> None:
+    def __init__(self, model_base_path: str, poll_seconds: float = 2.0, config_dir: str | None = None) -> None:
+        """`config_dir`: a folder whose `models.config` (written by `lmpipe run`) pins the
+        versions to serve and their labels, re-read whenever it changes."""
         self.base = model_base_path
         self.name = os.path.basename(os.path.normpath(model_base_path))
         self.poll_seconds = poll_seconds
+        self.config_dir = config_dir
+        self.labels: dict[str, int] = {}
+        self._allowed: set[int] | None = None
         self._loaded: dict[int, LoadedVersion] = {}
         self._latest: int | None = None
         self._lock = threading.Lock()
@@ -83,7 +88,8 @@ class ModelVersions:
 
     def refresh(self) -> None:
         """Loads the newest version if it is newer than the one served."""
-        versions = existing_versions(self.base)
+        self._read_policy()
+        versions = [v for v in existing_versions(self.base) if self._allowed is None or v in self._allowed]
         if not versions or versions[-1] == self._latest:
             return
         newest = versions[-1]
@@ -91,6 +97,20 @@ class ModelVersions:
         with self._lock:
             self._loaded[newest] = loaded
             self._latest = newest
+
+    def _read_policy(self) -> None:
+        if self.config_dir is None:
+            return
+        from serving.serving_config import read_models_config
+
+        policy = read_models_config(self.config_dir)
+        if policy is not None and policy["name"] == self.name:
+            self._allowed, self.labels = set(policy["versions"]), policy["labels"]
+
+    def label(self, label: str) -> LoadedVersion | None:
+        """The version a `models.config` label (stable, canary) points at."""
+        version = self.labels.get(label)
+        return self.get(version) if version is not None else None
 
     def _watch(self) -> None:
         while not self._stop.wait(self.poll_seconds):
@@ -111,7 +131,7 @@ class ModelVersions:
             if version in self._loaded:
                 return self._loaded[version]
         path = os.path.join(self.base, str(version))
-        if not os.path.isdir(path):
+        if not os.path.isdir(path) or (self._allowed is not None and version not in self._allowed):
             return None
         loaded = load_version(path, version)
         with self._lock:

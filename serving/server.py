@@ -3,6 +3,7 @@
     GET  /v1/models/<name>[/versions/<v>]             version status
     GET  /v1/models/<name>[/versions/<v>]/metadata    signature defs, as TF Serving gives them
     POST /v1/models/<name>[/versions/<v>]:predict     {"signature_name", "instances" | "inputs"}
+    POST /v1/models/<name>/labels/<label>:predict     stable / canary of models.config
 
 A bad request gets HTTP 400 and {"error": "..."}; the server never dies on input.
 
@@ -30,9 +31,14 @@ def _error(message: str, status: int = 400) -> JSONResponse:
 def create_app(versions: ModelVersions, max_batch_size: int = 64) -> FastAPI:
     app = FastAPI(title="lmpipe serving", docs_url=None, redoc_url=None)
 
-    def resolve(name: str, version: str | None):
+    def resolve(name: str, version: str | None, label: str | None = None):
         if name != versions.name:
             raise BadRequest(f"unknown model {name!r}; this server serves {versions.name!r}")
+        if label is not None:
+            loaded = versions.label(label)
+            if loaded is None:
+                raise BadRequest(f"model {name!r} has no version labelled {label!r}; labels: {sorted(versions.labels)}")
+            return loaded
         if version is not None and not version.isdigit():
             raise BadRequest(f"version must be an integer, got {version!r}")
         loaded = versions.get(int(version) if version is not None else None)
@@ -80,6 +86,14 @@ def create_app(versions: ModelVersions, max_batch_size: int = 64) -> FastAPI:
     async def version_predict(name: str, version: str, request: Request):
         return _predict(resolve(name, version), await request.body())
 
+    @app.get("/v1/models/{name}/labels/{label}/metadata")
+    def label_metadata(name: str, label: str):
+        return _metadata(resolve(name, None, label))
+
+    @app.post("/v1/models/{name}/labels/{label}:predict")
+    async def label_predict(name: str, label: str, request: Request):
+        return _predict(resolve(name, None, label), await request.body())
+
     def _predict(loaded, raw: bytes):
         try:
             body = json.loads(raw)
@@ -102,11 +116,11 @@ def create_app(versions: ModelVersions, max_batch_size: int = 64) -> FastAPI:
 
 
 def serve(model_base_path: str, host: str = "127.0.0.1", port: int = 8501, max_batch_size: int = 64,
-          poll_seconds: float = 2.0) -> None:
+          poll_seconds: float = 2.0, config_dir: str | None = None) -> None:
     """Loads the newest version, watches for new ones, and serves until interrupted."""
     import uvicorn
 
-    versions = ModelVersions(model_base_path, poll_seconds=poll_seconds).start()
+    versions = ModelVersions(model_base_path, poll_seconds=poll_seconds, config_dir=config_dir).start()
     print(f"serving {versions.name} version {versions.latest().version} from {model_base_path} "
           f"at http://{host}:{port}/v1/models/{versions.name}", flush=True)
     uvicorn.run(create_app(versions, max_batch_size), host=host, port=port, log_level="warning")

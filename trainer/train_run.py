@@ -63,17 +63,26 @@ def model_config_for(config: PipelineConfig, vocab_size: int) -> dict:
     }
 
 
-def run_dir_for(config: PipelineConfig, fingerprint: str) -> str:
-    """`train.output_dir/<key>`: the key covers the data and everything that changes training."""
-    train = config.train.model_dump(exclude={"output_dir", "checkpoint_every"})
-    body = json.dumps({"data": fingerprint, "model": config.model.model_dump(), "train": train}, sort_keys=True)
+def run_dir_for(config: PipelineConfig, fingerprint: str, start_from: str = "") -> str:
+    """`train.output_dir/<key>`: the key covers the data, everything that changes training,
+    and `start_from` (the run key of warm-start weights, if any)."""
+    train = config.train.model_dump(exclude={"output_dir", "checkpoint_every", "warm_start"})
+    body = json.dumps({"data": fingerprint, "model": config.model.model_dump(), "train": train,
+                       "start_from": start_from}, sort_keys=True)
     return os.path.join(config.train.output_dir, hashlib.sha256(body.encode()).hexdigest()[:16])
 
 
-def train_language_model(config: PipelineConfig, dataset_dir: str, verbose: bool = True) -> TrainResult:
-    """Trains (or resumes, or finds finished) the model that `config` describes."""
+def train_language_model(config: PipelineConfig, dataset_dir: str, verbose: bool = True,
+                         warm_start_dir: str | None = None) -> TrainResult:
+    """Trains (or resumes, or finds finished) the model that `config` describes.
+
+    Args:
+        warm_start_dir: a finished model folder whose weights start this training (the
+            caller checks that its vocabulary and shape match).
+    """
     stats = _read_json(os.path.join(dataset_dir, STATS_FILE))
-    run_dir = run_dir_for(config, stats["fingerprint"])
+    start_from = _read_json(os.path.join(warm_start_dir, METRICS))["run_key"] if warm_start_dir else ""
+    run_dir = run_dir_for(config, stats["fingerprint"], start_from)
     model_dir = os.path.join(run_dir, MODEL_DIR)
     if os.path.exists(os.path.join(model_dir, METRICS)):
         return TrainResult(run_dir, model_dir, _read_json(os.path.join(model_dir, METRICS)), True)
@@ -89,6 +98,8 @@ def train_language_model(config: PipelineConfig, dataset_dir: str, verbose: bool
     model = build_language_model(model_config)
     trainer = Trainer(model, config.train, run_dir, verbose=verbose)
     resumed = trainer.restore()
+    if warm_start_dir and not resumed:
+        model.load_weights(os.path.join(warm_start_dir, WEIGHTS))
     run_id = _previous_run_id(run_dir) if resumed else None
     params = {**flatten_config(config), "param_count": model.count_params(), "dataset_dir": dataset_dir}
     run_id = tracker.start(f"{config.model.cell}-{os.path.basename(run_dir)}", params, _tags(stats), run_id)
@@ -116,13 +127,15 @@ def train_language_model(config: PipelineConfig, dataset_dir: str, verbose: bool
         "test_tokens": test.tokens, "epochs": len(history), "param_count": model.count_params(),
         "train_steps_per_epoch": num_windows(len(streams["train"]), config.train.batch_size, config.train.bptt),
         "mlflow_run_id": run_id, "dataset_dir": dataset_dir, "fingerprint": stats["fingerprint"],
+        "run_key": os.path.basename(run_dir), "warm_start_from": start_from or None,
     }
     _write_model_dir(model_dir, model, model_config, metrics, history, dataset_dir)
     tracker.log_metrics({"test_ppl": test.perplexity, "test_loss": test.loss,
                          "test_bits_per_token": test.bits_per_token, "best_valid_ppl": valid.perplexity})
     tracker.log_artifacts(model_dir, MODEL_DIR)
     version = tracker.register(config.tracking.registered_model, MODEL_DIR,
-                               {"test_ppl": f"{test.perplexity:.4f}", "fingerprint": stats["fingerprint"]})
+                               {"test_ppl": f"{test.perplexity:.4f}", "fingerprint": stats["fingerprint"],
+                                "run_key": os.path.basename(run_dir)})
     tracker.end()
     if version is not None:
         metrics["registered_model"] = config.tracking.registered_model

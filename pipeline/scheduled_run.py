@@ -1,0 +1,254 @@
+"""`lmpipe run`: every stage in order, safe to start from cron, systemd or Airflow.
+
+preprocess -> train -> evaluate -> export -> promote, under one lock. Each stage is
+idempotent (a dataset, training run or export that exists is found and reused), so a run
+killed anywhere continues where it stopped when started again. A new model becomes the
+registry `champion` (and TF Serving's `stable` label) only if its test perplexity beats the
+champion's, both measured on the same test data, by `promote.min_improvement`, and its
+export passes the clean-process serving check; otherwise it is the `challenger`.
+
+Exit codes: 0 promoted or nothing new; 10 not better (or failed the serving check);
+11 locked by another run; 1 failure (2 config, 3 input data, 4 tracking errors).
+
+Example:
+    >>> manifest = run_pipeline(load_config("pipeline_config.yaml"))
+    >>> manifest["decision"], manifest["exit_code"]
+    ('promoted', 0)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from typing import Callable
+
+from pipeline.config import PipelineConfig
+from pipeline.constants import UNK_ID, VOCAB_FILE
+from pipeline.preprocess import run_preprocess
+from pipeline.run_lock import RunLock
+from pipeline.tokenizer import read_vocab
+
+EXIT_NOT_BETTER = 10
+STAGES = ("preprocess", "train", "evaluate", "export", "promote")
+
+
+class _Stages:
+    """Times each stage into the manifest and prints one line per stage."""
+
+    def __init__(self, manifest: dict, verbose: bool, until: str | None = None) -> None:
+        self.manifest = manifest
+        self.verbose = verbose
+        self.until = until
+
+    def run(self, name: str, fn: Callable[[], dict]) -> dict:
+        if self.manifest.get("decision") is not None:
+            raise _Stop
+        started = time.perf_counter()
+        record = {"stage": name}
+        self.manifest["stages"].append(record)
+        result = fn()
+        record.update(result, seconds=round(time.perf_counter() - started, 2))
+        if self.verbose:
+            details = ", ".join(f"{k}={v}" for k, v in result.items() if not isinstance(v, (dict, list)))
+            print(f"[{name}] {details} ({record['seconds']} s)", flush=True)
+        if name == self.until:
+            self.manifest.update(decision=f"stopped_after_{name}", exit_code=0, reason=f"asked to stop after {name}")
+        return result
+
+
+class _Stop(Exception):
+    """Raised by the stage after `until`: the run ends there."""
+
+
+def run_pipeline(config: PipelineConfig, beam_args: list[str] | None = None, verbose: bool = True,
+                 until: str | None = None) -> dict:
+    """Runs every stage (or the stages up to `until`) under the run lock; returns the
+    manifest, also written to `<run.work_dir>/manifests/`. Finished stages are skipped,
+    so `until="export"` after `until="train"` only does the new work (Airflow tasks)."""
+    if until is not None and until not in STAGES:
+        raise ValueError(f"until must be one of {STAGES}, got {until!r}")
+    with RunLock(config.run.work_dir) as lock:
+        manifest = {
+            "id": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6],
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "pid": os.getpid(), "stale_lock_taken_from": lock.previous_pid, "stages": [],
+        }
+        try:
+            _run_stages(config, beam_args, manifest, _Stages(manifest, verbose, until))
+        except _Stop:
+            pass
+        except BaseException as err:
+            manifest.update(decision="failed", exit_code=1, reason=f"{type(err).__name__}: {err}")
+            _write_manifest(config, manifest)
+            raise
+        _write_manifest(config, manifest)
+        return manifest
+
+
+def _run_stages(config: PipelineConfig, beam_args, manifest: dict, stages: _Stages) -> None:
+    from trainer.registry import ModelRegistry
+    from trainer.train_run import run_dir_for
+
+    dataset = stages.run("preprocess", lambda: _preprocess(config, beam_args))
+    manifest.update(dataset_dir=dataset["dataset_dir"], fingerprint=dataset["fingerprint"])
+    registry = ModelRegistry(config.tracking.uri, config.tracking.registered_model)
+    champion = registry.version_with_alias("champion")
+    champion_dir = registry.local_copy(champion) if champion is not None else None
+    warm_dir, warm_note = _warm_start(config, dataset["dataset_dir"], champion_dir)
+    start_from = champion.tags.get("run_key", "") if warm_dir else ""
+    run_key = os.path.basename(run_dir_for(config, dataset["fingerprint"], start_from))
+    manifest.update(run_key=run_key, champion_before=champion.version if champion else None,
+                    warm_start=warm_note)
+    if champion is not None and champion.tags.get("run_key") == run_key:
+        manifest.update(decision="nothing_new", exit_code=0, registered_version=champion.version,
+                        reason="the champion was trained on this data with this config")
+        _deploy(config, registry, manifest)
+        return
+
+    trained = stages.run("train", lambda: _train(config, dataset["dataset_dir"], warm_dir, registry))
+    manifest.update(mlflow_run_id=trained["mlflow_run_id"], registered_version=trained["version"],
+                    model_dir=trained["model_dir"])
+    scores = stages.run("evaluate", lambda: _evaluate(trained, champion_dir, dataset["dataset_dir"]))
+    exported = stages.run("export", lambda: _export(config, trained["model_dir"]))
+    decision = stages.run("promote", lambda: _promote(config, registry, trained, scores, exported))
+    manifest.update(decision=decision["decision"], reason=decision["reason"],
+                    exit_code=0 if decision["decision"] == "promoted" else EXIT_NOT_BETTER,
+                    export_version=exported["version"], export_path=exported["path"])
+    _deploy(config, registry, manifest)
+
+
+def _preprocess(config, beam_args) -> dict:
+    result = run_preprocess(config, beam_args)
+    return {"dataset_dir": result.dataset_dir, "fingerprint": result.fingerprint, "skipped": result.skipped}
+
+
+def _warm_start(config, dataset_dir: str, champion_dir: str | None) -> tuple[str | None, str]:
+    if config.train.warm_start != "champion":
+        return None, "off"
+    if champion_dir is None:
+        return None, "no champion yet: training from scratch"
+    if read_vocab(os.path.join(champion_dir, VOCAB_FILE)) != read_vocab(os.path.join(dataset_dir, VOCAB_FILE)):
+        return None, "the vocabulary changed: training from scratch"
+    from trainer.train_run import MODEL_CONFIG, model_config_for
+
+    with open(os.path.join(champion_dir, MODEL_CONFIG)) as f:
+        theirs = json.load(f)
+    ours = model_config_for(config, len(read_vocab(os.path.join(dataset_dir, VOCAB_FILE))))
+    shape_keys = ("vocab_size", "embedding_dim", "hidden_dim", "num_layers", "cell", "tie_embeddings")
+    if any(theirs.get(k) != ours[k] for k in shape_keys):
+        return None, "the model shape changed: training from scratch"
+    return champion_dir, "from the champion's weights"
+
+
+def _train(config, dataset_dir: str, warm_dir: str | None, registry) -> dict:
+    from trainer.registry import version_for_run
+    from trainer.train_run import train_language_model
+
+    result = train_language_model(config, dataset_dir, warm_start_dir=warm_dir)
+    run_id = result.metrics["mlflow_run_id"]
+    version = version_for_run(registry, run_id)
+    if version is None:  # registration was lost (tracking down at the end): do it now
+        source = f"{registry.client.get_run(run_id).info.artifact_uri}/model"
+        registry.client.log_artifacts(run_id, result.model_dir, "model")
+        try:
+            registry.client.get_registered_model(registry.name)
+        except Exception:  # noqa: BLE001 - absent: create it
+            registry.client.create_registered_model(registry.name)
+        version = registry.client.create_model_version(
+            registry.name, source, run_id=run_id,
+            tags={"test_ppl": f"{result.metrics['test_ppl']:.4f}", "run_key": result.metrics["run_key"],
+                  "fingerprint": result.metrics["fingerprint"]})
+    return {"model_dir": result.model_dir, "mlflow_run_id": run_id, "version": version.version,
+            "test_ppl": result.metrics["test_ppl"], "skipped": result.skipped}
+
+
+def _evaluate(trained: dict, champion_dir: str | None, dataset_dir: str) -> dict:
+    if champion_dir is None:
+        return {"new_test_ppl": trained["test_ppl"], "champion_test_ppl": None}
+    from trainer.data import load_token_stream
+    from trainer.evaluation import evaluate
+    from trainer.train_run import load_trained_model
+
+    stream = load_token_stream(dataset_dir, "test")
+    ours, theirs = read_vocab(os.path.join(dataset_dir, VOCAB_FILE)), read_vocab(os.path.join(champion_dir, VOCAB_FILE))
+    if ours != theirs:  # the champion reads the same text through its own vocabulary
+        index = {token: i for i, token in enumerate(theirs)}
+        import numpy as np
+
+        mapping = np.array([index.get(token, UNK_ID) for token in ours], np.int32)
+        stream = mapping[stream]
+    champion_ppl = evaluate(load_trained_model(champion_dir), stream).perplexity
+    return {"new_test_ppl": trained["test_ppl"], "champion_test_ppl": champion_ppl,
+            "same_vocabulary": ours == theirs}
+
+
+def _export(config, model_dir: str) -> dict:
+    from serving.check_export import check_export
+    from serving.export import EXPORT_META, existing_versions, export_model
+
+    base = os.path.join(config.export.base_path, config.export.model_name)
+    for version in existing_versions(base):  # exported by an earlier, interrupted run?
+        meta_path = os.path.join(base, str(version), "assets.extra", EXPORT_META)
+        if os.path.exists(meta_path) and json.load(open(meta_path)).get("source_model_dir") == os.path.abspath(model_dir):
+            path, reused = os.path.join(base, str(version)), True
+            break
+    else:
+        result = export_model(model_dir, config.export.base_path, config.export.model_name,
+                              config.export.default_signature, config.export.max_new_tokens)
+        version, path, reused = result.version, result.path, False
+    report = check_export(path)
+    return {"version": version, "path": path, "reused": reused, "check_ok": report["ok"],
+            "problems": report["problems"]}
+
+
+def _promote(config, registry, trained: dict, scores: dict, exported: dict) -> dict:
+    version = trained["version"]
+    registry.set_tag(version, "export_version", str(exported["version"]))
+    champion_ppl, new_ppl = scores["champion_test_ppl"], scores["new_test_ppl"]
+    if not exported["check_ok"]:
+        decision, reason = "failed_check", "the export failed the serving check: " + "; ".join(exported["problems"])
+    elif champion_ppl is None:
+        decision, reason = "promoted", f"first model: test ppl {new_ppl:.2f}"
+    elif new_ppl < champion_ppl * (1 - config.promote.min_improvement):
+        decision, reason = "promoted", (f"test ppl {new_ppl:.2f} beats the champion's {champion_ppl:.2f} "
+                                        f"(min improvement {config.promote.min_improvement:.1%})")
+    else:
+        decision, reason = "not_better", (f"test ppl {new_ppl:.2f} does not beat the champion's "
+                                          f"{champion_ppl:.2f} by {config.promote.min_improvement:.1%}")
+    registry.set_tag(version, "decision", decision)
+    registry.set_alias("champion" if decision == "promoted" else "challenger", version)
+    return {"decision": decision, "reason": reason, "version": version}
+
+
+def _deploy(config, registry, manifest: dict) -> None:
+    """models.config (stable = champion, canary = latest challenger) and old-version pruning."""
+    from serving.serving_config import prune_versions, write_models_config
+
+    champion = registry.version_with_alias("champion")
+    stable = int(champion.tags["export_version"]) if champion and "export_version" in champion.tags else None
+    if stable is None:
+        return
+    canary = None
+    challenger = registry.version_with_alias("challenger")
+    if config.promote.canary and challenger is not None and "export_version" in challenger.tags:
+        canary = int(challenger.tags["export_version"])
+        canary = canary if canary > stable else None
+    manifest["models_config"] = write_models_config(config.export.base_path, config.export.model_name, stable, canary)
+    manifest["stable_version"], manifest["canary_version"] = stable, canary
+    base = os.path.join(config.export.base_path, config.export.model_name)
+    manifest["pruned_versions"] = prune_versions(base, config.export.keep_versions, {stable, canary} - {None})
+
+
+def _write_manifest(config, manifest: dict) -> None:
+    manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    folder = os.path.join(config.run.work_dir, "manifests")
+    os.makedirs(folder, exist_ok=True)
+    text = json.dumps(manifest, indent=2, default=str) + "\n"
+    for name in (f"{manifest['id']}.json", "latest.json"):
+        tmp = os.path.join(folder, name + ".tmp")
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, os.path.join(folder, name))
+    manifest["manifest_path"] = os.path.join(folder, f"{manifest['id']}.json")
