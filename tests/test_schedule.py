@@ -1,0 +1,58 @@
+"""`lmpipe schedule` output, systemd conversion, and the Airflow DAG module without Airflow."""
+
+import os
+
+import pytest
+
+from pipeline.cli import main
+from pipeline.errors import ConfigError
+from pipeline.schedule import crontab_line, on_calendar, schedule_command, systemd_units
+
+
+def test_crontab_line_runs_lmpipe_run_from_the_config_folder(tmp_path):
+    config = tmp_path / "pipeline_config.yaml"
+    line = crontab_line(str(config), "0 3 * * *", "work/runs/run.log")
+    assert line.startswith("0 3 * * * mkdir -p ")
+    assert f"cd {tmp_path} && " in line and f"run --config {config}" in line
+    assert f">> {tmp_path}/work/runs/run.log 2>&1 # lmpipe:{config}" in line
+
+
+@pytest.mark.parametrize("cron, expected", [
+    ("0 3 * * *", "*-*-* 03:00:00"),
+    ("30 2 * * 1-5", "Mon..Fri *-*-* 02:30:00"),
+    ("15 4,16 1 * 0", "Sun *-*-01 04,16:15:00"),
+])
+def test_on_calendar(cron, expected):
+    assert on_calendar(cron) == expected
+
+
+def test_unsupported_cron_is_a_clear_error():
+    with pytest.raises(ConfigError, match="must have 5 fields"):
+        on_calendar("0 3 * *")
+    with pytest.raises(ConfigError, match=r"steps like \*/5"):
+        on_calendar("*/5 * * * *")
+
+
+def test_systemd_units_and_install(tmp_path):
+    units = systemd_units(str(tmp_path / "c.yaml"), "0 3 * * *", "/var/log/lm.log")
+    assert "Type=oneshot" in units["lmpipe.service"] and "SuccessExitStatus=10" in units["lmpipe.service"]
+    assert "OnCalendar=*-*-* 03:00:00" in units["lmpipe.timer"] and "Persistent=true" in units["lmpipe.timer"]
+    out = schedule_command(str(tmp_path / "c.yaml"), "0 3 * * *", systemd=True, install=True,
+                           systemd_dir=str(tmp_path / "units"))
+    assert sorted(os.listdir(tmp_path / "units")) == ["lmpipe.service", "lmpipe.timer"]
+    assert "systemctl --user enable --now lmpipe.timer" in out
+
+
+def test_schedule_cli_prints_crontab(capsys):
+    assert main(["schedule", "--cron", "5 1 * * *"]) == 0
+    assert capsys.readouterr().out.startswith("5 1 * * * mkdir -p ")
+
+
+def test_airflow_dag_module_imports_without_airflow():
+    from pipeline import airflow_dag
+
+    assert list(airflow_dag.stage_callables("/x/pipeline_config.yaml")) == [
+        "preprocess", "train", "evaluate", "export", "promote"]
+    if airflow_dag.DAG is None:
+        with pytest.raises(ImportError, match="apache-airflow is not installed"):
+            airflow_dag.create_dag("/x/pipeline_config.yaml")
