@@ -123,53 +123,55 @@ def _forward(xw, h0, c0, u, mask_tm, rec_mask):
 
 
 def _backward(d_hs, d_h, d_c, hs, cs, gates, h0, c0, u, mask_tm, rec_mask, xw_dtype):
-    """Backpropagation through time for `_forward`; returns grads of (xw, h0, c0, u)."""
+    """Backpropagation through time for `_forward`; returns grads of (xw, h0, c0, u).
+
+    Everything that does not depend on the incoming gradient is computed for all steps at
+    once before the loop, so each step of the loop is a handful of ops:
+        dh = d_out[t] + dh'           dc = dh * A[t] + dc'
+        dz = [dc, dc, dc, dh] * K[t]  dh' = dz @ U^T     dc' = dc * F[t]
+    with A = o (1 - tanh^2 c), K = [g i (1-i), c_prev f (1-f), i (1-g^2), tanh(c) o (1-o)],
+    F = f (a padded step passes dh and dc through unchanged and gives dz = 0).
+    """
     steps = tf.shape(hs)[0]
-    h_prev = tf.concat([h0[None], hs[:-1]], 0)  # [T, B, H]
-    c_prev = tf.concat([c0[None], cs[:-1]], 0)
-    d_hs_ta = tf.TensorArray(d_hs.dtype, size=steps).unstack(d_hs)
-    gates_ta = tf.TensorArray(gates.dtype, size=steps).unstack(gates)
-    cs_ta = tf.TensorArray(cs.dtype, size=steps).unstack(cs)
-    c_prev_ta = tf.TensorArray(cs.dtype, size=steps).unstack(c_prev)
-    masks = masked_time_major(mask_tm, steps)
-    dzs = tf.TensorArray(tf.float32, size=steps)
-    u_t = tf.transpose(u)
     d_hs = tf.zeros_like(hs) if d_hs is None else d_hs
     d_h = tf.zeros_like(h0) if d_h is None else d_h
     d_c = tf.zeros_like(c0) if d_c is None else d_c
+    h_prev = tf.concat([h0[None], hs[:-1]], 0)  # [T, B, H]
+    c_prev = tf.concat([c0[None], cs[:-1]], 0)
+    i, f, g, o = tf.split(gates, 4, axis=-1)
+    tanh_c = tf.tanh(cs)
+    a = o * (1.0 - tanh_c * tanh_c)
+    k = tf.concat([g * i * (1.0 - i), c_prev * f * (1.0 - f), i * (1.0 - g * g), tanh_c * o * (1.0 - o)], -1)
+    pass_through = None
+    if mask_tm is not None:
+        m = tf.cast(mask_tm[:, :, None], tf.float32)  # [T, B, 1]
+        a, k, pass_through = a * m, k * m, 1.0 - m
+        f = f * m + pass_through
+    d_out = tf.TensorArray(tf.float32, size=steps).unstack(d_hs)
+    a_ta = tf.TensorArray(tf.float32, size=steps).unstack(a)
+    k_ta = tf.TensorArray(tf.float32, size=steps).unstack(k)
+    f_ta = tf.TensorArray(tf.float32, size=steps).unstack(f)
+    keep_ta = tf.TensorArray(tf.float32, size=steps).unstack(pass_through) if pass_through is not None else None
+    dzs = tf.TensorArray(tf.float32, size=steps)
+    u_t = tf.transpose(u)
 
     def body(t, dh_next, dc_next, dzs):
-        dh = d_hs_ta.read(t) + dh_next
-        i, f, g, o = tf.split(gates_ta.read(t), 4, axis=-1)
-        tanh_c = tf.tanh(cs_ta.read(t))
-        dc = dh * o * (1.0 - tanh_c * tanh_c) + dc_next
-        if masks is not None:
-            m = masks.read(t)
-            keep_h = tf.where(m, tf.zeros_like(dh), dh)
-            keep_c = tf.where(m, tf.zeros_like(dc), dc_next)
-            dh = tf.where(m, dh, tf.zeros_like(dh))
-            dc = tf.where(m, dc, tf.zeros_like(dc))
-        dz = tf.concat([
-            dc * g * i * (1.0 - i),
-            dc * c_prev_ta.read(t) * f * (1.0 - f),
-            dc * i * (1.0 - g * g),
-            dh * tanh_c * o * (1.0 - o),
-        ], axis=-1)
-        dhr = tf.cast(tf.matmul(tf.cast(dz, u_t.dtype), u_t), tf.float32)
+        dh = d_out.read(t) + dh_next
+        dc = dh * a_ta.read(t) + dc_next
+        dz = tf.concat([dc, dc, dc, dh], axis=-1) * k_ta.read(t)
+        dh_prev = tf.cast(tf.matmul(tf.cast(dz, u_t.dtype), u_t), tf.float32)
         if rec_mask is not None:
-            dhr = dhr * rec_mask
-        dh_prev, dc_prev = dhr, dc * f
-        if masks is not None:
-            dh_prev, dc_prev = dh_prev + keep_h, dc_prev + keep_c
-        return t - 1, dh_prev, dc_prev, dzs.write(t, dz)
+            dh_prev = dh_prev * rec_mask
+        if keep_ta is not None:
+            dh_prev = dh_prev + dh * keep_ta.read(t)
+        return t - 1, dh_prev, dc * f_ta.read(t), dzs.write(t, dz)
 
     _, dh0, dc0, dzs = tf.while_loop(
         lambda t, *_: t >= 0, body, (steps - 1, d_h, d_c, dzs),
         maximum_iterations=steps)
-    dz_all = dzs.stack()  # [T, B, 4H]
+    dz_all = tf.cast(dzs.stack(), u.dtype)  # [T, B, 4H]
     h_in = h_prev * rec_mask if rec_mask is not None else h_prev
     units = tf.shape(h0)[-1]
-    dz_all = tf.cast(dz_all, u.dtype)
     d_u = tf.matmul(tf.reshape(tf.cast(h_in, u.dtype), [-1, units]), tf.reshape(dz_all, [-1, 4 * units]),
                     transpose_a=True)
     return tf.cast(dz_all, xw_dtype), dh0, dc0, d_u
