@@ -11,7 +11,7 @@ disk, exactly as the stages of `lmpipe run` do, so any task can be retried alone
 Example:
     >>> callables = stage_callables("/srv/lm/pipeline_config.yaml")
     >>> list(callables)
-    ['preprocess', 'train', 'evaluate', 'export', 'promote']
+    ['preprocess', 'train', 'report', 'evaluate', 'export', 'promote']
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def stage_callables(config_path: str) -> dict[str, Callable[[], None]]:
 
 
 def create_dag(config_path: str, schedule: str = "0 3 * * *", dag_id: str = "lmpipe"):
-    """The DAG preprocess >> train >> evaluate >> export >> promote; needs Airflow."""
+    """The DAG preprocess >> train >> report >> evaluate >> export >> promote; needs Airflow."""
     if DAG is None:
         raise ImportError("apache-airflow is not installed; pip install apache-airflow to use this DAG")
     with DAG(dag_id=dag_id, schedule=schedule, start_date=datetime(2026, 1, 1), catchup=False,

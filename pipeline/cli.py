@@ -8,6 +8,7 @@
     lmpipe serve [--config FILE] [--model-base-path DIR] [--port 8501]
     lmpipe generate (--url URL --model NAME | --export-dir DIR) [--method top_p] PROMPT ...
     lmpipe run [--config FILE] [Beam options];  lmpipe schedule --cron "0 3 * * *" [--systemd]
+    lmpipe report gradients|gates|decoding [--config FILE] [--model-dir DIR]
 
 Exit codes: 0 success, 1 failure (or a failed serving check), 2 config or usage error, 3 unusable input data,
 4 MLflow tracking unreachable; lmpipe run adds 10 not better, 11 locked.
@@ -217,6 +218,18 @@ def cmd_generate(args, extra: list[str]) -> int:
     return 0
 
 
+def cmd_report(args, extra: list[str]) -> int:
+    config = _load(args)
+    model_dir = _trained_model_dir(config, args.model_dir)
+    from pipeline.reports.run_reports import run_report
+
+    folder = run_report(args.report, config, model_dir, text=args.text)
+    print(f"{args.report} report: {folder}")
+    for name in sorted(os.listdir(folder)):
+        print(f"  {name}")
+    return 0
+
+
 def _warn_counted(split: str, s: dict) -> None:
     notes = {
         "invalid_utf8_lines": "lines had invalid UTF-8 (bytes replaced by U+FFFD)",
@@ -295,6 +308,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
         description="Exit codes: 0 promoted or nothing new, 10 not better, 11 locked, 1 failure.")
     _config_args(run)
     handlers["run"] = cmd_run
+
+    rep = sub.add_parser("report", help="insight reports: gradients, gates, decoding (PNG + CSV/JSON, MLflow)")
+    rep.add_argument("report", choices=["gradients", "gates", "decoding"])
+    _config_args(rep)
+    rep.add_argument("--model-dir", help="a trained model folder (default: this config's run)")
+    rep.add_argument("--text", help="gates: the text to trace (default: lines of the test split)")
+    handlers["report"] = cmd_report
 
     sch = sub.add_parser("schedule", help="print (or --install) a crontab line or a systemd timer for lmpipe run")
     _config_args(sch)

@@ -138,6 +138,7 @@ class PromoteConfig(_Section):
 class RunConfig(_Section):
     work_dir: str = "work/runs"  # run manifests and the lock of `lmpipe run`
     log_file: str = "work/runs/lmpipe-run.log"  # where scheduled runs append their output
+    reports: bool = True  # attach the decoding report to every newly trained model
 
 
 class PipelineConfig(_Section):

@@ -1,6 +1,6 @@
 """`lmpipe run`: every stage in order, safe to start from cron, systemd or Airflow.
 
-preprocess -> train -> evaluate -> export -> promote, under one lock. Each stage is
+preprocess -> train -> report -> evaluate -> export -> promote, under one lock. Each stage is
 idempotent (a dataset, training run or export that exists is found and reused), so a run
 killed anywhere continues where it stopped when started again. A new model becomes the
 registry `champion` (and TF Serving's `stable` label) only if its test perplexity beats the
@@ -31,7 +31,7 @@ from pipeline.run_lock import RunLock
 from pipeline.tokenizer import read_vocab
 
 EXIT_NOT_BETTER = 10
-STAGES = ("preprocess", "train", "evaluate", "export", "promote")
+STAGES = ("preprocess", "train", "report", "evaluate", "export", "promote")
 
 
 class _Stages:
@@ -110,6 +110,7 @@ def _run_stages(config: PipelineConfig, beam_args, manifest: dict, stages: _Stag
     trained = stages.run("train", lambda: _train(config, dataset["dataset_dir"], warm_dir, registry))
     manifest.update(mlflow_run_id=trained["mlflow_run_id"], registered_version=trained["version"],
                     model_dir=trained["model_dir"])
+    stages.run("report", lambda: _report(config, trained))
     scores = stages.run("evaluate", lambda: _evaluate(trained, champion_dir, dataset["dataset_dir"]))
     exported = stages.run("export", lambda: _export(config, trained["model_dir"]))
     decision = stages.run("promote", lambda: _promote(config, registry, trained, scores, exported))
@@ -162,6 +163,22 @@ def _train(config, dataset_dir: str, warm_dir: str | None, registry) -> dict:
                   "fingerprint": result.metrics["fingerprint"]})
     return {"model_dir": result.model_dir, "mlflow_run_id": run_id, "version": version.version,
             "test_ppl": result.metrics["test_ppl"], "skipped": result.skipped}
+
+
+def _report(config, trained: dict) -> dict:
+    """The decoding report for a newly trained model (the learning curves are already among
+    its artifacts); a failing report is a warning, never a failed run."""
+    if not config.run.reports:
+        return {"skipped": True, "reason": "run.reports is off"}
+    folder = os.path.join(os.path.dirname(os.path.abspath(trained["model_dir"])), "reports", "decoding")
+    if trained["skipped"] and os.path.exists(os.path.join(folder, "decoding.csv")):
+        return {"skipped": True, "folder": folder}
+    try:
+        from pipeline.reports.run_reports import run_report
+
+        return {"skipped": False, "folder": run_report("decoding", config, trained["model_dir"])}
+    except Exception as err:  # noqa: BLE001 - reports are insight, not a gate
+        return {"skipped": False, "warning": f"decoding report failed: {type(err).__name__}: {err}"}
 
 
 def _evaluate(trained: dict, champion_dir: str | None, dataset_dir: str) -> dict:

@@ -64,8 +64,8 @@ class GenerationModule(tf.Module):
 
     def signatures(self) -> dict[str, tf.types.experimental.ConcreteFunction]:
         """One concrete function per signature, each with named TensorSpecs."""
-        functions = {name: self._generation_function(name) for name in GENERATION_SIGNATURES}
-        functions["score"] = self._score_function()
+        functions = {name: self.generation_function(name) for name in GENERATION_SIGNATURES}
+        functions["score"] = self.score_function()
         return {name: fn.get_concrete_function(**input_specs(name)) for name, fn in functions.items()}
 
     def encode_prompts(self, prompts):
@@ -109,7 +109,8 @@ class GenerationModule(tf.Module):
                 knobs.repetition_penalty, message="repetition_penalty must be > 0"))
         return checks
 
-    def _generation_function(self, name: str):
+    def generation_function(self, name: str):
+        """The tf.function of one generation signature (trace with `input_specs(name)`)."""
         names = SIGNATURE_KNOBS[name]
 
         @tf.function
@@ -132,7 +133,8 @@ class GenerationModule(tf.Module):
 
         return fn
 
-    def _score_function(self):
+    def score_function(self):
+        """The tf.function of the `score` signature."""
         @tf.function
         def fn(**inputs):
             text = inputs["text"]

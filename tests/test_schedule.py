@@ -52,7 +52,7 @@ def test_airflow_dag_module_imports_without_airflow():
     from pipeline import airflow_dag
 
     assert list(airflow_dag.stage_callables("/x/pipeline_config.yaml")) == [
-        "preprocess", "train", "evaluate", "export", "promote"]
+        "preprocess", "train", "report", "evaluate", "export", "promote"]
     if airflow_dag.DAG is None:
         with pytest.raises(ImportError, match="apache-airflow is not installed"):
             airflow_dag.create_dag("/x/pipeline_config.yaml")

@@ -34,7 +34,7 @@ def _args(root, *extra):
             "--set", "model.hidden_dim=16", "--set", "model.embedding_dim=16", "--set", "model.num_layers=1",
             "--set", "model.dropout=0.0", "--set", "train.batch_size=4", "--set", "train.bptt=8",
             "--set", "train.epochs=2", "--set", "train.optimizer=adam", "--set", "train.learning_rate=0.01",
-            *extra]
+            "--set", "run.reports=false", *extra]
 
 
 def _manifest(root):
@@ -48,11 +48,13 @@ def _registry(root):
 @pytest.mark.slow
 def test_second_run_skips_everything(tmp_path):
     _corpus(tmp_path)
-    assert main(["run", *_args(tmp_path)]) == 0
+    assert main(["run", *_args(tmp_path, "--set", "run.reports=true")]) == 0
     first = _manifest(tmp_path)
     assert first["decision"] == "promoted" and [s["stage"] for s in first["stages"]] == [
-        "preprocess", "train", "evaluate", "export", "promote"]
-    assert main(["run", *_args(tmp_path)]) == 0
+        "preprocess", "train", "report", "evaluate", "export", "promote"]
+    report = next(s for s in first["stages"] if s["stage"] == "report")
+    assert os.path.exists(os.path.join(report["folder"], "decoding.csv"))
+    assert main(["run", *_args(tmp_path, "--set", "run.reports=true")]) == 0
     second = _manifest(tmp_path)
     assert second["decision"] == "nothing_new"
     assert [s["stage"] for s in second["stages"]] == ["preprocess"] and second["stages"][0]["skipped"]

@@ -72,6 +72,19 @@ class LSTM(RecurrentLayer):
         h0, c0 = states
         return _lstm_sequence(xw, h0, c0, recurrent_kernel, mask_tm, rec_mask)
 
+    def trace(self, inputs, initial_state=None) -> dict[str, tf.Tensor]:
+        """Gate activations and cell states over time, for inspection (no dropout):
+        {"input", "forget", "candidate", "output", "cell", "hidden"}, each [B, T, H]."""
+        x = tf.cast(tf.convert_to_tensor(inputs), self.compute_dtype)
+        states = initial_state if initial_state is not None else self.get_initial_state(tf.shape(x)[0])
+        xw = tf.transpose(tf.tensordot(x, tf.cast(self.kernel, x.dtype), axes=1) + tf.cast(self.bias, x.dtype),
+                          [1, 0, 2])
+        u = tf.cast(tf.convert_to_tensor(self.recurrent_kernel), x.dtype)
+        hs, cs, gates = _forward(xw, tf.cast(states[0], tf.float32), tf.cast(states[1], tf.float32), u, None, None)
+        i, f, g, o = tf.split(gates, 4, axis=-1)
+        named = {"input": i, "forget": f, "candidate": g, "output": o, "cell": cs, "hidden": hs}
+        return {k: tf.transpose(v, [1, 0, 2]) for k, v in named.items()}
+
     def get_config(self) -> dict:
         return {**super().get_config(), "unit_forget_bias": self.unit_forget_bias}
 

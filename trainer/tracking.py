@@ -128,3 +128,13 @@ def _now_ms() -> int:
     import time
 
     return int(time.time() * 1000)
+
+
+def log_report_artifacts(uri: str, run_id: str, folder: str, artifact_path: str) -> bool:
+    """Adds a report folder to a finished run's artifacts; False (with a warning) on failure."""
+    try:
+        MlflowClient(uri).log_artifacts(run_id, folder, artifact_path)
+        return True
+    except Exception as err:  # noqa: BLE001 - a report must not fail for tracking
+        print(f"lmpipe: warning: could not log {folder} to MLflow run {run_id} at {uri}: {err}", file=sys.stderr)
+        return False

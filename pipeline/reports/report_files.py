@@ -1,0 +1,44 @@
+"""Writing a report's numbers (CSV, JSON, Markdown) and logging the folder to MLflow."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+
+def write_csv(path: str, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def write_json(path: str, data) -> None:
+    with open(path, "w") as f:
+        json.dump(data, f, indent=2, default=float)
+
+
+def write_markdown_table(path: str, rows: list[dict], floats: str = "{:.3f}") -> None:
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for row in rows:
+        cells = [floats.format(v) if isinstance(v, float) else str(v) for v in row.values()]
+        lines.append("| " + " | ".join(cells) + " |")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def log_to_run(folder: str, tracking_uri: str, run_id: str | None, name: str) -> bool:
+    """Logs the report folder as artifacts `reports/<name>` of the model's MLflow run."""
+    if not run_id:
+        return False
+    from trainer.tracking import log_report_artifacts
+
+    return log_report_artifacts(tracking_uri, run_id, folder, f"reports/{name}")
+
+
+def report_dir(base: str, name: str) -> str:
+    folder = os.path.join(base, name)
+    os.makedirs(folder, exist_ok=True)
+    return folder
