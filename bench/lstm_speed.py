@@ -47,8 +47,8 @@ class KerasLSTM(keras.layers.Layer):
     def build(self, input_shape):
         self.inner.build(input_shape)
 
-    def call(self, x, initial_state=None, training=False, seed=None):
-        out, h, c = self.inner(x, initial_state=initial_state, training=training)
+    def call(self, x, initial_state=None, training=False, seed=None, mask=None):
+        out, h, c = self.inner(x, initial_state=initial_state, training=training, mask=mask)
         return out, [h, c]
 
 

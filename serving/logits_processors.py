@@ -30,8 +30,11 @@ def apply_processors(logits, knobs: Knobs, seen, history, cur_len, generated):
     vocab = tf.shape(logits)[1]
     banned = tf.one_hot(PAD_ID, vocab) + tf.one_hot(BOS_ID, vocab)
     logits = tf.where(banned[None, :] > 0, NEG_INF, logits)
-    logits = repetition_penalty(logits, seen, knobs.repetition_penalty)
-    logits = no_repeat_ngram(logits, history, cur_len, knobs.no_repeat_ngram_size)
+    # Each rule costs [N, V] work per step: skip it when no row of the batch asks for it.
+    logits = tf.cond(tf.reduce_any(tf.not_equal(knobs.repetition_penalty, 1.0)),
+                     lambda: repetition_penalty(logits, seen, knobs.repetition_penalty), lambda: logits)
+    logits = tf.cond(tf.reduce_any(knobs.no_repeat_ngram_size > 0),
+                     lambda: no_repeat_ngram(logits, history, cur_len, knobs.no_repeat_ngram_size), lambda: logits)
     early = generated < knobs.min_new_tokens
     eos = tf.one_hot(EOS_ID, vocab) > 0
     logits = tf.where(tf.logical_and(early[:, None], eos[None, :]), NEG_INF, logits)

@@ -65,12 +65,26 @@ class TopK:
 
 
 class TopP:
+    """Nucleus sampling. Sorting the whole vocabulary every step is the cost, so the
+    `head` most probable tokens are taken first; only when some row's nucleus is larger
+    than that head is the full vocabulary sorted (same result either way)."""
+
     name = "top_p"
     uses_random = True
+    head = 64
 
     def select(self, logits, knobs: Knobs, u) -> tf.Tensor:
-        values, indices = tf.math.top_k(logits, k=tf.shape(logits)[1])  # sorted, descending
-        probs = tf.nn.softmax(_tempered(values, knobs))
+        tempered = _tempered(logits, knobs)
+        vocab = tf.shape(logits)[1]
+        head = tf.minimum(self.head, vocab)
+        values, indices = tf.math.top_k(tempered, k=head)
+        log_norm = tf.reduce_logsumexp(tempered, axis=1, keepdims=True)
+        head_mass = tf.reduce_sum(tf.exp(values - log_norm), axis=1)
+        values, indices = tf.cond(
+            tf.reduce_all(head_mass >= knobs.p),
+            lambda: (values, indices),
+            lambda: tuple(tf.math.top_k(tempered, k=vocab)))  # sorted, descending
+        probs = tf.exp(values - log_norm)
         before = tf.cumsum(probs, axis=1, exclusive=True)
         keep = before < knobs.p[:, None]  # the first token always stays (before = 0 < p)
         probs = tf.where(keep, probs, 0.0)
