@@ -65,30 +65,42 @@ class TopK:
 
 
 class TopP:
-    """Nucleus sampling. Sorting the whole vocabulary every step is the cost, so the
-    `head` most probable tokens are taken first; only when some row's nucleus is larger
-    than that head is the full vocabulary sorted (same result either way)."""
+    """Nucleus sampling without sorting the vocabulary: the nucleus is {tokens with
+    probability >= tau} for the largest tau whose set still holds mass p, found per row
+    by bisection (tokens tied at the boundary are all kept). When the `head` most
+    probable tokens already hold mass p in every row (usual for a trained model), the
+    nucleus is cut from those instead, in sorted order."""
 
     name = "top_p"
     uses_random = True
     head = 64
+    bisection_steps = 32
 
     def select(self, logits, knobs: Knobs, u) -> tf.Tensor:
         tempered = _tempered(logits, knobs)
-        vocab = tf.shape(logits)[1]
-        head = tf.minimum(self.head, vocab)
-        values, indices = tf.math.top_k(tempered, k=head)
         log_norm = tf.reduce_logsumexp(tempered, axis=1, keepdims=True)
-        head_mass = tf.reduce_sum(tf.exp(values - log_norm), axis=1)
-        values, indices = tf.cond(
-            tf.reduce_all(head_mass >= knobs.p),
-            lambda: (values, indices),
-            lambda: tuple(tf.math.top_k(tempered, k=vocab)))  # sorted, descending
-        probs = tf.exp(values - log_norm)
+        values, indices = tf.math.top_k(tempered, k=tf.minimum(self.head, tf.shape(logits)[1]))
+        head_probs = tf.exp(values - log_norm)
+        return tf.cond(tf.reduce_all(tf.reduce_sum(head_probs, axis=1) >= knobs.p),
+                       lambda: self._from_head(head_probs, indices, knobs, u),
+                       lambda: self._by_threshold(tf.exp(tempered - log_norm), knobs, u))
+
+    @staticmethod
+    def _from_head(probs, indices, knobs, u):
         before = tf.cumsum(probs, axis=1, exclusive=True)
         keep = before < knobs.p[:, None]  # the first token always stays (before = 0 < p)
-        probs = tf.where(keep, probs, 0.0)
-        return tf.gather(indices, inverse_cdf(probs, u), batch_dims=1)
+        return tf.gather(indices, inverse_cdf(tf.where(keep, probs, 0.0), u), batch_dims=1)
+
+    def _by_threshold(self, probs, knobs, u):
+        low = tf.zeros_like(knobs.p)  # mass(probs >= 0) = 1 >= p
+        high = tf.reduce_max(probs, axis=1)
+        for _ in range(self.bisection_steps):
+            mid = (low + high) / 2
+            mass = tf.reduce_sum(tf.where(probs >= mid[:, None], probs, 0.0), axis=1)
+            enough = mass >= knobs.p
+            low, high = tf.where(enough, mid, low), tf.where(enough, high, mid)
+        keep = probs >= low[:, None]
+        return inverse_cdf(tf.where(keep, probs, 0.0), u)
 
 
 STRATEGIES = {cls.name: cls for cls in (Greedy, Sample, TopK, TopP)}

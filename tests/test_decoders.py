@@ -165,6 +165,21 @@ def test_top_k_and_top_p_stay_inside_their_sets():
     assert set(top_p.token_ids.numpy()[:, 0]) == {4, 5, 6}  # 0.3 + 0.25 < 0.7 <= 0.75
 
 
+def test_top_p_threshold_path_keeps_exactly_the_nucleus():
+    probs = np.zeros((9, 9))
+    probs[EOS] = [0, 0, 0, 0.02, 0.3, 0.25, 0.2, 0.15, 0.08]
+    model = BigramModel(probs)
+    strategy = get_strategy("top_p")
+    strategy.head = 2  # the 2-token head holds 0.55 < p: the bisection path decides
+    n = 3000
+    out = generate(model, tf.fill([n, 1], EOS), tf.ones([n], tf.int32),
+                   Knobs.defaults(n, max_new_tokens=1, p=0.7, seed=tf.range(n, dtype=tf.int64)), strategy)
+    counts = np.bincount(out.token_ids.numpy()[:, 0], minlength=9)
+    assert set(np.flatnonzero(counts)) == {4, 5, 6}
+    expected = np.array([0.3, 0.25, 0.2]) / 0.75 * n
+    assert stats.chisquare(counts[4:7], expected)[1] > 0.001
+
+
 @pytest.mark.parametrize("strategy", ["sample", "top_k", "top_p"])
 def test_seeds_reproduce_and_differ(strategy):
     model = _random_bigram(seed=5, sharp=0.5)
