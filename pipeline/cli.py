@@ -176,10 +176,12 @@ def cmd_run(args, beam_args: list[str]) -> int:
 
     manifest = run_pipeline(config, beam_args)
     print(f"decision: {manifest['decision']} - {manifest.get('reason', '')}")
+    champion = manifest.get("registered_version") if manifest["decision"] in ("promoted", "nothing_new") \
+        else manifest.get("champion_before")
     if manifest.get("stable_version"):
-        print(f"  champion: registry {config.tracking.registered_model} v"
-              f"{manifest.get('registered_version') if manifest['decision'] == 'promoted' else manifest.get('champion_before')}"
-              f", export version {manifest['stable_version']} ({manifest.get('models_config')})")
+        print(f"  champion: {config.tracking.registered_model} v{champion}, served as export version "
+              f"{manifest['stable_version']} ({manifest['models_config']})")
+    print(f"  dataset: {manifest.get('dataset_dir')}  MLflow: {config.tracking.uri}")
     print(f"  manifest: {manifest.get('manifest_path')}")
     return manifest["exit_code"]
 
