@@ -17,7 +17,6 @@ import dataclasses
 import json
 import os
 import threading
-import time
 
 import tensorflow as tf
 import tensorflow_text  # noqa: F401  (registers the TF Text ops the graph uses)
@@ -144,12 +143,3 @@ class ModelVersions:
         return [{"version": str(v), "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
                 for v in reversed(served)]
 
-
-def wait_for(predicate, timeout: float, interval: float = 0.2) -> bool:
-    """Polls `predicate` until true or `timeout` seconds pass (for tests and tools)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()

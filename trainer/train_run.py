@@ -33,7 +33,6 @@ from pipeline.constants import STATS_FILE, TOKENIZER_FILE, VOCAB_FILE
 from pipeline.errors import InputDataError
 from trainer.curves import plot_learning_curves
 from trainer.data import load_token_stream, num_windows
-from trainer.evaluation import evaluate
 from trainer.language_model import build_language_model
 from trainer.tracking import RunTracker
 from trainer.training import Trainer
@@ -119,8 +118,8 @@ def train_language_model(config: PipelineConfig, dataset_dir: str, verbose: bool
         raise
     if os.path.exists(trainer.best_weights_path()):
         model.load_weights(trainer.best_weights_path())
-    valid = evaluate(model, streams["valid"])
-    test = evaluate(model, streams["test"])
+    valid = trainer.evaluate(streams["valid"])
+    test = trainer.evaluate(streams["test"])
     metrics = {
         "valid_ppl": valid.perplexity, "test_ppl": test.perplexity, "valid_loss": valid.loss,
         "test_loss": test.loss, "test_bits_per_token": test.bits_per_token,

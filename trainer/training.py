@@ -160,7 +160,7 @@ class Trainer:
 
     def _end_epoch(self, epoch: int, lr: float, seen: int, seconds: float, valid_stream) -> dict:
         train_loss = float(self._nll.numpy()) / max(int(self._tokens.numpy()), 1)
-        valid = evaluate(self.model, valid_stream, eval_step=self._eval_step)
+        valid = self.evaluate(valid_stream)
         history = self.history
         best = min([h["valid_ppl"] for h in history], default=math.inf)
         improved = valid.perplexity < best * (1 - MIN_IMPROVEMENT)
@@ -190,6 +190,10 @@ class Trainer:
         if not patience or len(history) <= patience:
             return False
         return not any(h["improved"] for h in history[-patience:])
+
+    def evaluate(self, stream: np.ndarray):
+        """Perplexity of `stream` with the trainer's compiled evaluation step."""
+        return evaluate(self.model, stream, eval_step=self._eval_step)
 
     def best_weights_path(self) -> str:
         return os.path.join(self.run_dir, "best.weights.h5")
