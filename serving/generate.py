@@ -70,6 +70,7 @@ def generate(model, prompt_ids, prompt_lengths, knobs: Knobs, strategy) -> Decod
     logits, states = prime(model, prompt_ids, prompt_lengths)
     vocab = tf.shape(logits)[1]
     rows = tf.range(batch)
+    uses_seen = tf.reduce_any(tf.not_equal(knobs.repetition_penalty, 1.0))  # only the penalty reads it
 
     def cond(t, finished, *_):
         return tf.logical_and(t < max_new, tf.logical_not(tf.reduce_all(finished)))
@@ -79,12 +80,13 @@ def generate(model, prompt_ids, prompt_lengths, knobs: Knobs, strategy) -> Decod
         processed = apply_processors(logits, knobs, seen, history, cur_len, generated)
         token = strategy.select(processed, knobs, row_uniform(knobs.seed, t))
         token = tf.where(active, token, PAD_ID)
-        step_lp = tf.gather(tf.nn.log_softmax(logits), token, batch_dims=1)
+        step_lp = tf.gather(logits, token, batch_dims=1) - tf.reduce_logsumexp(logits, axis=1)
         log_prob += tf.where(active, step_lp, 0.0)
         slot = tf.stack([rows, tf.minimum(cur_len, last_slot)], axis=1)
         history = tf.tensor_scatter_nd_update(
             history, slot, tf.where(active, token, tf.gather_nd(history, slot)))
-        seen = tf.maximum(seen, tf.one_hot(token, vocab) * tf.cast(active, tf.float32)[:, None])
+        seen = tf.cond(uses_seen, lambda: tf.maximum(
+            seen, tf.one_hot(token, vocab) * tf.cast(active, tf.float32)[:, None]), lambda: seen)
         cur_len += tf.cast(active, tf.int32)
         generated += tf.cast(active, tf.int32)
         done = tf.logical_or(tf.equal(token, EOS_ID), generated >= knobs.max_new_tokens)

@@ -24,8 +24,8 @@ from serving.knobs import Knobs
 
 def inverse_cdf(probs: tf.Tensor, u: tf.Tensor) -> tf.Tensor:
     """Index j [N] with cdf[j-1] < u * total <= cdf[j]; zero-probability entries are never hit."""
-    cdf = tf.cumsum(tf.cast(probs, tf.float64), axis=1)
-    target = u[:, None] * cdf[:, -1:]
+    cdf = tf.cumsum(probs, axis=1)
+    target = tf.cast(u, cdf.dtype)[:, None] * cdf[:, -1:]
     index = tf.reduce_sum(tf.cast(cdf < target, tf.int32), axis=1)
     return tf.minimum(index, tf.shape(probs)[1] - 1)
 
