@@ -47,3 +47,23 @@ def test_states_carry_between_calls():
 def test_unknown_cell_is_rejected():
     with pytest.raises(ValueError, match="cell must be one of"):
         LanguageModel(vocab_size=5, embedding_dim=2, hidden_dim=2, cell="gru")
+
+
+def test_mixed_bfloat16_keeps_float32_state_and_loss_and_trains(tmp_path):
+    from pipeline.config import TrainConfig
+    from trainer.training import Trainer
+
+    model = build_language_model({"vocab_size": 17, "embedding_dim": 8, "hidden_dim": 8, "num_layers": 2,
+                                  "precision": "mixed_bfloat16", "init_scale": 0.5})
+    assert model.recurrent[0].kernel.dtype == "float32" and model.recurrent[0].compute_dtype == "bfloat16"
+    ids = tf.constant(np.random.default_rng(1).integers(4, 17, (2, 5)), tf.int32)
+    full, final = model(ids)
+    assert full.dtype == tf.float32 and all(s.dtype == tf.float32 for s in final)
+    states = model.initial_state(2)
+    for t in range(5):
+        logits, states = model.step(ids[:, t], states)
+    np.testing.assert_allclose(logits, full[:, -1], atol=2e-2)  # bfloat16 matmuls
+    stream = np.tile(np.arange(4, 17), 40).astype(np.int32)
+    history = Trainer(model, TrainConfig(batch_size=4, bptt=6, epochs=2, optimizer="adam", learning_rate=0.02),
+                      str(tmp_path), verbose=False).fit(stream, stream[:100])
+    assert history[-1]["valid_ppl"] < history[0]["valid_ppl"]

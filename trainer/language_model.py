@@ -135,9 +135,15 @@ class LanguageModel(keras.Model):
         return self._logits(x), new_states
 
     def step(self, token_ids, states):
-        """One token per row: ids [B] -> (logits [B, V], new states). For the decoders."""
-        logits, states = self(token_ids[:, None], states, training=False)
-        return logits[:, 0, :], states
+        """One token per row: ids [B] -> (logits [B, V], new states). For the decoders:
+        the same weights and equations as `call`, without the sequence loop."""
+        x = self.embedding(token_ids)
+        n = self.states_per_layer
+        new_states = []
+        for i, layer in enumerate(self.recurrent):
+            x, layer_states = layer.step(x, states[i * n:(i + 1) * n])
+            new_states += layer_states
+        return self._logits(x[:, None, :])[:, 0, :], new_states
 
     def prime(self, prompt_ids, prompt_lengths):
         """Reads right-padded prompts [B, P] at once: (logits after each one's last token

@@ -72,6 +72,13 @@ class LSTM(RecurrentLayer):
         h0, c0 = states
         return _lstm_sequence(xw, h0, c0, recurrent_kernel, mask_tm, rec_mask)
 
+    def _cell(self, z, states):
+        i, f, _, o = tf.split(tf.sigmoid(z), 4, axis=-1)
+        g = tf.tanh(z[:, 2 * self.units:3 * self.units])
+        c = f * states[1] + i * g
+        h = o * tf.tanh(c)
+        return h, [h, c]
+
     def trace(self, inputs, initial_state=None) -> dict[str, tf.Tensor]:
         """Gate activations and cell states over time, for inspection (no dropout):
         {"input", "forget", "candidate", "output", "cell", "hidden"}, each [B, T, H]."""

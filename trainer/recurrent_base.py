@@ -101,6 +101,20 @@ class RecurrentLayer(keras.layers.Layer):
             outputs = tf.where(mask_tm[:, :, None], outputs, tf.zeros_like(outputs))
         return tf.transpose(outputs, [1, 0, 2]), final
 
+    def step(self, x, states):
+        """One time step without the sequence machinery (for decoding, no dropout):
+        x [B, D] -> (output [B, H], new states)."""
+        x = tf.cast(x, self.compute_dtype)
+        states = [tf.cast(s, tf.float32) for s in states]
+        u = tf.cast(tf.convert_to_tensor(self.recurrent_kernel), x.dtype)
+        xw = tf.matmul(x, tf.cast(self.kernel, x.dtype)) + tf.cast(self.bias, x.dtype)
+        z = tf.cast(xw, tf.float32) + tf.cast(tf.matmul(tf.cast(states[0], u.dtype), u), tf.float32)
+        return self._cell(z, states)
+
+    @abc.abstractmethod
+    def _cell(self, z, states):
+        """The cell's update from pre-activations z [B, gates*H] -> (output, new states)."""
+
     def compute_mask(self, inputs, mask=None):
         return mask
 

@@ -24,6 +24,10 @@ class SimpleRNN(RecurrentLayer):
     gates = 1
     state_names = ("h",)
 
+    def _cell(self, z, states):
+        h = tf.tanh(z)
+        return h, [h]
+
     def _run(self, xw, states, mask_tm, u, rec_mask):
         steps = tf.shape(xw)[0]
         xs = tf.TensorArray(xw.dtype, size=steps).unstack(xw)
