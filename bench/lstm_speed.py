@@ -47,6 +47,10 @@ class KerasLSTM(keras.layers.Layer):
     def build(self, input_shape):
         self.inner.build(input_shape)
 
+    def step(self, x, states):
+        h, new_states = self.inner.cell(x, states, training=False)
+        return h, list(new_states)
+
     def call(self, x, initial_state=None, training=False, seed=None, mask=None):
         out, h, c = self.inner(x, initial_state=initial_state, training=training, mask=mask)
         return out, [h, c]
