@@ -24,7 +24,7 @@ demo: $(STAMP)
 	for method in greedy beam_search sample top_k top_p; do \
 	  echo "== $$method"; \
 	  $(BIN)/lmpipe generate --export-dir work/export/lm/$$latest --method $$method \
-	    --max-new-tokens 20 "the for statement" || exit 1; \
+	    --max-new-tokens 20 --min-new-tokens 8 "the for statement" || exit 1; \
 	done; \
 	echo "dataset: work/data/  MLflow: sqlite:///work/mlflow.db (mlflow ui --backend-store-uri sqlite:///work/mlflow.db)"; \
 	echo "exported model: work/export/lm/$$latest  serve it: $(BIN)/lmpipe serve"
