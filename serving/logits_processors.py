@@ -27,20 +27,31 @@ def apply_processors(logits, knobs: Knobs, seen, history, cur_len, generated):
         cur_len: int32 [N] valid length of history.
         generated: int32 [N] tokens generated so far.
     """
-    vocab = tf.shape(logits)[1]
-    banned = tf.one_hot(PAD_ID, vocab) + tf.one_hot(BOS_ID, vocab)
-    logits = tf.where(banned[None, :] > 0, NEG_INF, logits)
+    # Never <pad> or <bos>; no <eos> before min_new_tokens: three columns, O(N) work.
+    early = generated < knobs.min_new_tokens
+    eos_column = tf.where(early, NEG_INF, logits[:, EOS_ID])
+    logits = _set_columns(logits, [PAD_ID, BOS_ID, EOS_ID],
+                          [tf.fill(tf.shape(eos_column), NEG_INF), tf.fill(tf.shape(eos_column), NEG_INF), eos_column])
     # Each rule costs [N, V] work per step: skip it when no row of the batch asks for it.
     logits = tf.cond(tf.reduce_any(tf.not_equal(knobs.repetition_penalty, 1.0)),
                      lambda: repetition_penalty(logits, seen, knobs.repetition_penalty), lambda: logits)
-    logits = tf.cond(tf.reduce_any(knobs.no_repeat_ngram_size > 0),
-                     lambda: no_repeat_ngram(logits, history, cur_len, knobs.no_repeat_ngram_size), lambda: logits)
-    early = generated < knobs.min_new_tokens
-    eos = tf.one_hot(EOS_ID, vocab) > 0
-    logits = tf.where(tf.logical_and(early[:, None], eos[None, :]), NEG_INF, logits)
-    # When the rules ban every token (a tiny vocabulary, say), end the text instead.
+    return tf.cond(tf.reduce_any(knobs.no_repeat_ngram_size > 0),
+                   lambda: _end_if_stuck(no_repeat_ngram(logits, history, cur_len, knobs.no_repeat_ngram_size)),
+                   lambda: logits)
+
+
+def _set_columns(logits, columns: list[int], values: list):
+    """logits with column c of every row replaced by values[i] [N] (a scatter, not a pass)."""
+    rows = tf.range(tf.shape(logits)[0])
+    indices = tf.concat([tf.stack([rows, tf.fill(tf.shape(rows), c)], axis=1) for c in columns], axis=0)
+    return tf.tensor_scatter_nd_update(logits, indices, tf.concat(values, axis=0))
+
+
+def _end_if_stuck(logits):
+    """When the rules ban every token (a tiny vocabulary, say), end the text instead."""
     stuck = tf.reduce_max(logits, axis=1) <= NEG_INF / 2
-    return tf.where(tf.logical_and(stuck[:, None], eos[None, :]), 0.0, logits)
+    eos = tf.where(stuck, 0.0, logits[:, EOS_ID])
+    return _set_columns(logits, [EOS_ID], [eos])
 
 
 def repetition_penalty(logits, seen, penalty):
