@@ -18,6 +18,20 @@ def write(path, text, mode="w"):
     return str(path)
 
 
+def latest_checkpoint_step(root):
+    """Global step of the newest checkpoint of any training run under `root/train` (0: none)."""
+    import re
+
+    runs = os.listdir(root / "train") if (root / "train").exists() else []
+    for run in runs:
+        index = root / "train" / run / "checkpoints" / "checkpoint"
+        if index.exists():
+            found = re.search(r'model_checkpoint_path: "ckpt-(\d+)"', index.read_text())
+            if found:
+                return int(found.group(1))
+    return 0
+
+
 def read_split(dataset_dir, split):
     """Every record of one split as dicts, in (doc, offset) order."""
     from pipeline.records import parse_example

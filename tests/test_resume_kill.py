@@ -2,7 +2,6 @@
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import pytest
 
 from pipeline.cli import main
 
-from conftest import write
+from conftest import latest_checkpoint_step, write
 
 
 def _args(root, corpus):
@@ -29,17 +28,6 @@ def _metrics(root):
     return json.load(open(root / "train" / run / "model" / "metrics.json"))
 
 
-def _latest_step(root):
-    runs = os.listdir(root / "train") if (root / "train").exists() else []
-    for run in runs:
-        index = root / "train" / run / "checkpoints" / "checkpoint"
-        if index.exists():
-            found = re.search(r'model_checkpoint_path: "ckpt-(\d+)"', index.read_text())
-            if found:
-                return int(found.group(1))
-    return 0
-
-
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     text = "".join(f"w{i % 11} w{(i * 7) % 13} w{i % 5} and w{(i * 3) % 17}\n" for i in range(4000))
@@ -54,12 +42,12 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     command = [sys.executable, "-m", "pipeline.cli", "train", *_args(cut, corpus)]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
-    while _latest_step(cut) <= steps_per_epoch + 20 and proc.poll() is None and time.time() < deadline:
+    while latest_checkpoint_step(cut) <= steps_per_epoch + 20 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     assert proc.poll() is None, "training ended before it could be killed mid-epoch"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    killed_at = _latest_step(cut)
+    killed_at = latest_checkpoint_step(cut)
     assert steps_per_epoch < killed_at < 2 * steps_per_epoch  # killed inside epoch 2
     assert not (cut / "train" / os.listdir(cut / "train")[0] / "model").exists()
 

@@ -2,7 +2,6 @@
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from pipeline.scheduled_run import EXIT_NOT_BETTER
 from serving.model_versions import ModelVersions
 from serving.serving_config import read_models_config
 
-from conftest import write
+from conftest import latest_checkpoint_step, write
 
 
 def _corpus(root, files=2, lines=300, offset=0):
@@ -119,16 +118,6 @@ def test_second_concurrent_run_exits_locked(tmp_path):
             first.kill()
 
 
-def _latest_checkpoint(root):
-    for run in os.listdir(root / "train") if (root / "train").exists() else []:
-        index = root / "train" / run / "checkpoints" / "checkpoint"
-        if index.exists():
-            found = re.search(r'ckpt-(\d+)"', index.read_text())
-            if found:
-                return int(found.group(1))
-    return 0
-
-
 @pytest.mark.slow
 def test_killed_during_training_resumes_with_one_new_version(tmp_path):
     _corpus(tmp_path, files=2, lines=1500)
@@ -136,7 +125,7 @@ def test_killed_during_training_resumes_with_one_new_version(tmp_path):
     lmpipe = os.path.join(os.path.dirname(sys.executable), "lmpipe")
     proc = subprocess.Popen([lmpipe, "run", *args], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
-    while _latest_checkpoint(tmp_path) < 30 and proc.poll() is None and time.time() < deadline:
+    while latest_checkpoint_step(tmp_path) < 30 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     assert proc.poll() is None, "the run ended before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
