@@ -101,7 +101,13 @@ class TrainConfig(_Section):
     init_scale: float = Field(0.1, gt=0.0)
     checkpoint_every: int = Field(0, ge=0)  # steps; 0: only at epoch ends
     early_stopping_patience: int = Field(0, ge=0)  # epochs; 0: off
-    precision: Literal["float32", "mixed_bfloat16"] = "float32"
+    # mixed_bfloat16: bfloat16 matmuls (pays on AMX CPUs and GPUs); mixed_float16: float16
+    # matmuls with dynamic loss scaling (GPUs). States, gate math and loss stay float32.
+    precision: Literal["float32", "mixed_bfloat16", "mixed_float16"] = "float32"
+    # none: one process; mirrored: every local GPU (or the CPU) of this machine;
+    # multi_worker: the cluster of the TF_CONFIG environment variable. batch_size is per
+    # replica: the global batch is replicas x batch_size.
+    distribute: Literal["none", "mirrored", "multi_worker"] = "none"
     seed: int = 0
     # champion: start from the registry champion's weights when the vocabulary and model
     # shape are unchanged (lmpipe run says why not otherwise).
