@@ -85,7 +85,28 @@ class ModelConfig(_Section):
     num_layers: int = Field(2, ge=1)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     recurrent_dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    tie_embeddings: bool = False
+    tie_embeddings: bool = False  # seq2seq: the target embedding and the output layer
+    # lm: a language model over one text stream; seq2seq: an LSTM encoder-decoder with
+    # attention over pairs of texts (num_layers then counts the decoder's layers). The
+    # keys below apply to seq2seq only.
+    kind: Literal["lm", "seq2seq"] = "lm"
+    encoder_layers: int = Field(0, ge=0)  # 0: as many as num_layers
+    bidirectional_encoder: bool = False  # a backward LSTM beside each forward one
+    attention: Literal["luong", "bahdanau"] = "luong"  # multiplicative | additive
+    attention_score: Literal["general", "dot"] = "general"  # luong: h_t W h_s | h_t . h_s
+    input_feeding: bool = True  # the last attentional vector joins the next input
+
+    @model_validator(mode="after")
+    def _seq2seq_fits_together(self) -> "ModelConfig":
+        if self.kind != "seq2seq":
+            return self
+        if self.cell != "lstm":
+            raise ValueError(f"model.kind seq2seq has LSTM layers only; got model.cell {self.cell!r}, "
+                             "set model.cell: lstm")
+        if self.attention == "luong" and self.attention_score == "dot" and self.bidirectional_encoder:
+            raise ValueError("model.attention_score dot needs encoder outputs of the decoder's size, but a "
+                             "bidirectional encoder doubles them; use attention_score: general")
+        return self
 
 
 class TrainConfig(_Section):
