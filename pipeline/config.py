@@ -16,6 +16,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Globs = list[str]
+PAIR_FORMATS = ("pairs", "pairs_tsv", "pairs_jsonl")
+_SIDES = ("source", "target")
+_SPLITS = ("train", "valid", "test")
+_BUILTIN_DEFAULT = "builtin:python-docs"
 
 
 class _Section(BaseModel):
@@ -32,10 +36,29 @@ class DataConfig(_Section):
     test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     # text: one document per file, each line a sentence; lines: each line a document;
     # jsonl: each line a JSON object whose `text_field` holds a document.
-    format: Literal["text", "lines", "jsonl"] = "text"
+    # Pairs of texts (sequence-to-sequence): pairs: line-aligned files, line n of a
+    # source file pairs with line n of its target file (the source_*/target_* globs
+    # below); pairs_tsv: one tab-separated pair a line, pairs_jsonl: one JSON object a
+    # line, both in the files of train/valid/test.
+    format: Literal["text", "lines", "jsonl", "pairs", "pairs_tsv", "pairs_jsonl"] = "text"
     text_field: str = Field("text", min_length=1)
+    # pairs: globs of each side; the k-th source file (sorted) pairs with the k-th target
+    # file. Empty valid/test: hash split of the train pairs, as for documents.
+    source_train: Globs = Field(default_factory=list)
+    target_train: Globs = Field(default_factory=list)
+    source_valid: Globs = Field(default_factory=list)
+    target_valid: Globs = Field(default_factory=list)
+    source_test: Globs = Field(default_factory=list)
+    target_test: Globs = Field(default_factory=list)
+    # pairs_tsv: a column index (0-based, no header line) or a column name (then the
+    # first line of every file is a header); pairs_jsonl: a field name. Unset: columns
+    # 0 and 1 (pairs_tsv), fields "source" and "target" (pairs_jsonl).
+    source_field: int | str | None = None
+    target_field: int | str | None = None
 
-    @field_validator("train", "valid", "test", mode="before")
+    @field_validator(
+        "train", "valid", "test", *(f"{side}_{split}" for side in _SIDES for split in _SPLITS),
+        mode="before")
     @classmethod
     def _one_glob_or_many(cls, value: object) -> object:
         if value is None:
@@ -44,19 +67,93 @@ class DataConfig(_Section):
             return [value] if value.strip() else []
         return value
 
+    @property
+    def is_pairs(self) -> bool:
+        """True for the formats of text pairs (sequence-to-sequence data)."""
+        return self.format in PAIR_FORMATS
+
+    def has_own(self, split: str) -> bool:
+        """Whether `split` (valid or test) has files of its own, or is hashed from train."""
+        return bool(getattr(self, f"source_{split}" if self.format == "pairs" else split))
+
+    def pair_fields(self) -> tuple[int | str, int | str]:
+        """(source, target) column or field of pairs_tsv / pairs_jsonl, defaults applied."""
+        default = (0, 1) if self.format == "pairs_tsv" else ("source", "target")
+        return (
+            default[0] if self.source_field is None else self.source_field,
+            default[1] if self.target_field is None else self.target_field,
+        )
+
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> "DataConfig":
-        total = (0.0 if self.valid else self.valid_fraction) + (
-            0.0 if self.test else self.test_fraction
+        total = (0.0 if self.has_own("valid") else self.valid_fraction) + (
+            0.0 if self.has_own("test") else self.test_fraction
         )
         if total >= 1.0:
             raise ValueError(
                 f"valid_fraction + test_fraction = {total:g} leaves no training data; "
                 "allowed: a sum below 1"
             )
-        if not self.train:
+        if self.format == "pairs":
+            self._check_pair_globs()
+        elif not self.train:
             raise ValueError("data.train is empty; give at least one file glob")
+        else:
+            self._check_no_pair_globs()
+        self._check_pair_fields()
         return self
+
+    def _check_pair_globs(self) -> None:
+        if not self.source_train or not self.target_train:
+            raise ValueError(
+                "data.format: pairs needs data.source_train and data.target_train "
+                "(globs of line-aligned source and target files)")
+        for split in _SPLITS[1:]:
+            source, target = getattr(self, f"source_{split}"), getattr(self, f"target_{split}")
+            if bool(source) != bool(target):
+                given, missing = ("source", "target") if source else ("target", "source")
+                raise ValueError(
+                    f"data.{given}_{split} is set but data.{missing}_{split} is empty; "
+                    f"give both sides of the {split} pairs, or neither (hash split of train)")
+        for split in _SPLITS:
+            value = getattr(self, split)
+            if value and not (split == "train" and value == [_BUILTIN_DEFAULT]):
+                raise ValueError(
+                    f"data.{split} is not read with data.format: pairs; give "
+                    f"data.source_{split} and data.target_{split} instead")
+
+    def _check_no_pair_globs(self) -> None:
+        for side in _SIDES:
+            for split in _SPLITS:
+                if getattr(self, f"{side}_{split}"):
+                    raise ValueError(
+                        f"data.{side}_{split} is read only with data.format: pairs "
+                        f"(format is {self.format!r})")
+        if self.is_pairs and any(g.startswith("builtin:") for g in self.train):
+            raise ValueError(
+                f"data.format: {self.format} reads pairs, but data.train is the built-in "
+                "demo corpus (plain text); point data.train at your pair files")
+
+    def _check_pair_fields(self) -> None:
+        fields = (self.source_field, self.target_field)
+        if self.format not in ("pairs_tsv", "pairs_jsonl"):
+            if any(f is not None for f in fields):
+                raise ValueError(
+                    "data.source_field / data.target_field are read only with "
+                    f"data.format: pairs_tsv or pairs_jsonl (format is {self.format!r})")
+            return
+        for side, field in zip(_SIDES, fields):
+            if isinstance(field, int) and (field < 0 or self.format == "pairs_jsonl"):
+                need = ("a field name" if self.format == "pairs_jsonl"
+                        else "a column index >= 0 or a header name")
+                raise ValueError(f"data.{side}_field = {field!r}: {self.format} needs {need}")
+            if isinstance(field, str) and not field:
+                raise ValueError(f"data.{side}_field is an empty name")
+        source, target = self.pair_fields()
+        if source == target:
+            raise ValueError(
+                f"data.source_field and data.target_field are both {source!r}; "
+                "a pair needs two different columns or fields")
 
 
 class TokenizerConfig(_Section):
@@ -67,6 +164,10 @@ class TokenizerConfig(_Section):
     min_count: int = Field(1, ge=1)
     add_eos: bool = True  # append <eos> at each line end
     max_chars_per_word: int = Field(100, ge=1)  # subword: longer words become <unk>
+    # Pair formats: one vocabulary learned from both sides (vocab.txt, tokenizer.json),
+    # or one per side (source_vocab.txt + source_tokenizer.json, target_vocab.txt +
+    # target_tokenizer.json), each of up to max_vocab learned entries.
+    shared_vocab: bool = True
 
 
 class PreprocessConfig(_Section):
@@ -76,6 +177,9 @@ class PreprocessConfig(_Section):
     max_line_chars: int = Field(1_000_000, ge=1000)  # longer lines are cut at whitespace
     max_lines_per_record: int = Field(1000, ge=1)  # `text` documents are stored in parts
     batch_lines: int = Field(1024, ge=1)  # lines per tokenizer call
+    # Pair formats: a pair whose source or target has more tokens than this (<eos> not
+    # counted) is skipped and counted in stats.json, never truncated. 0: no limit.
+    max_pair_tokens: int = Field(0, ge=0)
 
 
 class ModelConfig(_Section):

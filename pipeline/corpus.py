@@ -71,12 +71,19 @@ def dataset_fingerprint(files: list[InputFile], config: PipelineConfig) -> str:
     """Hex digest of the inputs' contents and every setting that changes the dataset.
 
     Paths are left out on purpose: the same files moved elsewhere give the same dataset.
+    Keys that only pair formats read are left out of other formats' fingerprints, so a
+    document dataset keeps the fingerprint it had before those keys existed.
     """
-    preprocess = config.preprocess.model_dump(exclude={"output_dir", "batch_lines"})
+    pair_globs = {f"{side}_{split}" for side in ("source", "target") for split in ("train", "valid", "test")}
+    pairs = config.data.is_pairs
+    preprocess = config.preprocess.model_dump(
+        exclude={"output_dir", "batch_lines", *(() if pairs else ("max_pair_tokens",))})
     body = {
         "format_version": DATASET_FORMAT_VERSION,
-        "data": config.data.model_dump(exclude={"train", "valid", "test"}),
-        "tokenizer": config.tokenizer.model_dump(),
+        "data": config.data.model_dump(exclude={
+            "train", "valid", "test", *pair_globs,
+            *(() if pairs else ("source_field", "target_field"))}),
+        "tokenizer": config.tokenizer.model_dump(exclude=set() if pairs else {"shared_vocab"}),
         "preprocess": preprocess,
         "files": sorted((f.role, f.sha256) for f in files),
     }

@@ -49,6 +49,10 @@ class PreprocessResult:
 
 def dataset_dir_for(config: PipelineConfig) -> tuple[str, list[InputFile], str]:
     """(dataset folder, input files, fingerprint) that `config` describes."""
+    if config.data.is_pairs:
+        from pipeline.pairs_preprocess import pair_dataset_dir_for  # imports this module
+
+        return pair_dataset_dir_for(config)
     files = resolve_inputs(config.data, config.preprocess.output_dir)
     fingerprint = dataset_fingerprint(files, config)
     return os.path.join(config.preprocess.output_dir, fingerprint[:16]), files, fingerprint
@@ -105,6 +109,10 @@ def run_preprocess(config: PipelineConfig, beam_args: list[str] | None = None) -
     Raises:
         InputDataError: bad or empty corpus; nothing is left under the final name.
     """
+    if config.data.is_pairs:  # text pairs: see pipeline.pairs_preprocess
+        from pipeline.pairs_preprocess import run_pairs_preprocess  # imports this module
+
+        return run_pairs_preprocess(config, beam_args)
     final_dir, files, fingerprint = dataset_dir_for(config)
     stats_path = os.path.join(final_dir, STATS_FILE)
     if FileSystems.exists(stats_path):

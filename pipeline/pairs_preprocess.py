@@ -1,0 +1,210 @@
+"""The Beam pipeline of text pairs: pair files -> pair TFRecords, vocab(s), tokenizer(s)
+and stats, in the dataset folder contract of documents (a fingerprinted folder,
+written under a temporary name and renamed only when complete and checked).
+
+`run_preprocess` hands configs with a pair `data.format` (pairs, pairs_tsv,
+pairs_jsonl) to `run_pairs_preprocess`. Records: see `pipeline.pair_records`; stats:
+see `pipeline.pairs_stats`. Vocabularies are learned from the train split's pairs
+(every pair with two non-empty sides, long ones included) with the same combiners as
+documents: one from both sides (`tokenizer.shared_vocab`) or one per side.
+
+Example:
+    >>> cfg = load_config(None, ["data.format=pairs", "data.source_train=train.en",
+    ...                          "data.target_train=train.de"])
+    >>> run_pairs_preprocess(cfg, ["--runner=DirectRunner"]).stats["splits"]["train"]["pairs"]
+    26100
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+import uuid
+
+import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipeline.config import PipelineConfig
+from pipeline.constants import DATASET_FORMAT_VERSION, SPLITS, STATS_FILE
+from pipeline.errors import InputDataError
+from pipeline.pair_records import SIDES, tokenizer_file_name, vocab_file_name
+from pipeline.pairs_encode import STATS_TAG, EncodePairsFn, TextLines, side_specs
+from pipeline.pairs_inputs import PairInput, pair_fingerprint, resolve_pair_inputs
+from pipeline.pairs_reading import COUNTS_TAG, LINES_TAG, ReadPairs
+from pipeline.pairs_stats import empty_pair_record, finish_pair_split_stats, to_pair_json_record
+from pipeline.preprocess import PreprocessResult, _publish, _write_text
+from pipeline.split_stats import SumStatsFn
+from pipeline.tokenizer import read_vocab, vocab_file_text
+from pipeline.vocabulary import LearnVocabulary, spec_of
+
+_SPLIT_STATS = "_split_stats"
+_LINE_COUNTS = "_line_counts"
+
+
+def pair_dataset_dir_for(config: PipelineConfig) -> tuple[str, list[PairInput], str]:
+    """(dataset folder, input files, fingerprint) that a pairs `config` describes."""
+    files = resolve_pair_inputs(config.data, config.preprocess.output_dir)
+    fingerprint = pair_fingerprint(files, config)
+    return os.path.join(config.preprocess.output_dir, fingerprint[:16]), files, fingerprint
+
+
+def create_pairs_pipeline(p: beam.Pipeline, files: list[PairInput], config: PipelineConfig,
+                          out_dir: str) -> None:
+    """Adds every step that writes one pair dataset into `out_dir` (which must exist)."""
+    pre, tok = config.preprocess, config.tokenizer
+    shared = tok.shared_vocab
+    read = p | "ListFiles" >> beam.Create(files) | "ReadPairs" >> ReadPairs(files, config.data)
+
+    def batches(pairs, label):
+        return pairs | label >> beam.BatchElements(
+            min_batch_size=pre.batch_lines, max_batch_size=pre.batch_lines)
+
+    train = batches(read["pairs"] | "OnlyTrain" >> beam.Filter(lambda pair: pair.split == "train"),
+                    "BatchForVocab")
+    texts = {side: train | f"{side.title()}Texts" >> beam.Map(
+        lambda batch, side: [TextLines.of([getattr(pair, side) for pair in batch])], side)
+        for side in SIDES}
+    if shared:
+        vocab = ((texts["source"], texts["target"]) | "BothSides" >> beam.Flatten()
+                 | "LearnVocabulary" >> LearnVocabulary(tok))
+        vocabs = {"source": vocab, "target": vocab}
+    else:
+        vocabs = {side: texts[side] | f"Learn{side.title()}Vocabulary" >> LearnVocabulary(tok)
+                  for side in SIDES}
+    encoded = batches(read["pairs"], "BatchForEncoding") | "Encode" >> beam.ParDo(
+        EncodePairsFn(spec_of(tok), pre.max_pair_tokens),
+        source_vocab=beam.pvalue.AsSingleton(vocabs["source"]),
+        target_vocab=beam.pvalue.AsSingleton(vocabs["target"]),
+    ).with_outputs(*SPLITS, STATS_TAG)
+    for split in SPLITS:
+        _ = encoded[split] | f"Write{split.title()}" >> beam.io.WriteToTFRecord(
+            os.path.join(out_dir, split), file_name_suffix=".tfrecord.gz",
+            num_shards=pre.num_shards, compression_type=CompressionTypes.GZIP)
+    _ = (
+        (encoded[STATS_TAG], read[COUNTS_TAG])
+        | "AllStats" >> beam.Flatten()
+        | "SumStats" >> beam.CombinePerKey(SumStatsFn())
+        | "StatsToJson" >> beam.MapTuple(lambda split, acc: json.dumps(to_pair_json_record(split, acc)))
+        | "WriteStats" >> beam.io.WriteToText(os.path.join(out_dir, _SPLIT_STATS), file_name_suffix=".jsonl"))
+    _ = (
+        read[LINES_TAG]
+        | "LineCountsToJson" >> beam.MapTuple(lambda key, n: json.dumps({"key": key, "lines": n}))
+        | "WriteLineCounts" >> beam.io.WriteToText(os.path.join(out_dir, _LINE_COUNTS), file_name_suffix=".jsonl"))
+    for side in (("source",) if shared else SIDES):
+        _ = (
+            vocabs[side]
+            | f"{side.title()}VocabText" >> beam.Map(lambda v: vocab_file_text(v)[:-1])
+            | f"Write{side.title()}Vocab" >> beam.io.WriteToText(
+                os.path.join(out_dir, vocab_file_name(side, shared)), num_shards=1,
+                shard_name_template=""))
+
+
+def run_pairs_preprocess(config: PipelineConfig, beam_args: list[str] | None = None) -> PreprocessResult:
+    """Preprocesses the pairs of `config` unless an identical dataset exists.
+
+    Raises:
+        InputDataError: bad, empty or misaligned input; nothing is left under the final name.
+    """
+    final_dir, files, fingerprint = pair_dataset_dir_for(config)
+    stats_path = os.path.join(final_dir, STATS_FILE)
+    if FileSystems.exists(stats_path):
+        with FileSystems.open(stats_path) as f:
+            return PreprocessResult(final_dir, fingerprint, True, json.load(f))
+    tmp_dir = os.path.join(config.preprocess.output_dir, f".tmp-{fingerprint[:16]}-{uuid.uuid4().hex[:8]}")
+    FileSystems.mkdirs(tmp_dir)
+    try:
+        started = time.time()
+        with beam.Pipeline(options=PipelineOptions(beam_args or [])) as p:
+            create_pairs_pipeline(p, files, config, tmp_dir)
+        lines = _read_records(tmp_dir, _LINE_COUNTS)
+        _check_alignment(files, {r["key"]: r["lines"] for r in lines})
+        stats = _write_metadata(tmp_dir, files, lines, config, fingerprint, time.time() - started)
+        _check_splits(stats, config)
+        _publish(tmp_dir, final_dir)
+    finally:
+        if FileSystems.exists(tmp_dir):
+            FileSystems.delete([tmp_dir])
+    return PreprocessResult(final_dir, fingerprint, False, stats)
+
+
+def _read_records(out_dir: str, prefix: str) -> list[dict]:
+    """The JSON lines of the `prefix*` files the pipeline wrote, which are then deleted."""
+    records = []
+    for meta in FileSystems.match([os.path.join(out_dir, prefix + "*")])[0].metadata_list:
+        with FileSystems.open(meta.path) as f:
+            records.extend(json.loads(line) for line in f.read().decode().splitlines())
+        FileSystems.delete([meta.path])
+    return records
+
+
+def _check_alignment(files: list[PairInput], lines: dict[str, int]) -> None:
+    by_pair = {}
+    for f in files:
+        by_pair.setdefault((f.role, f.index), {})[f.side] = f
+    for sides in by_pair.values():
+        if "source" not in sides:
+            continue
+        source, target = sides["source"], sides["target"]
+        n, m = lines.get(source.key, 0), lines.get(target.key, 0)
+        if n != m:
+            raise InputDataError(
+                f"misaligned pair files: {source.path} has {n:,} lines but {target.path} has "
+                f"{m:,}; line n of a source file pairs with line n of its target file, so "
+                "both need the same number of lines (an empty last line counts too)")
+
+
+def _write_metadata(out_dir, files, lines, config, fingerprint, seconds) -> dict:
+    tok, shared = config.tokenizer, config.tokenizer.shared_vocab
+    vocab_sizes = {side: len(read_vocab(os.path.join(out_dir, vocab_file_name(side, shared))))
+                   for side in SIDES}
+    records = {r["split"]: r for r in _read_records(out_dir, _SPLIT_STATS)}
+    line_counts = {r["key"]: r["lines"] for r in lines}
+    specs = side_specs(spec_of(tok))
+    for side in (("source",) if shared else SIDES):
+        body = json.loads(specs[side].to_json(vocab_sizes[side]))
+        body["vocab_file"] = vocab_file_name(side, shared)
+        _write_text(os.path.join(out_dir, tokenizer_file_name(side, shared)), json.dumps(body, indent=2) + "\n")
+    stats = {
+        "fingerprint": fingerprint,
+        "format_version": DATASET_FORMAT_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "seconds": round(seconds, 2),
+        "kind": "pairs",
+        "format": config.data.format,
+        "tokenizer": tok.kind,
+        "shared_vocab": shared,
+        **({"vocab_size": vocab_sizes["source"]} if shared else {}),
+        "vocab": {side: {"size": vocab_sizes[side], "file": vocab_file_name(side, shared),
+                         "tokenizer": tokenizer_file_name(side, shared)} for side in SIDES},
+        "eos": {side: specs[side].add_eos for side in SIDES},
+        "max_pair_tokens": config.preprocess.max_pair_tokens,
+        "splits": {s: finish_pair_split_stats(records.get(s, empty_pair_record(s)), vocab_sizes)
+                   for s in SPLITS},
+        "inputs": [dataclasses.asdict(f) | {"lines": line_counts.get(f.key, 0)} for f in files],
+        "config": {k: getattr(config, k).model_dump(mode="json") for k in ("data", "tokenizer", "preprocess")},
+    }
+    _write_text(os.path.join(out_dir, STATS_FILE), json.dumps(stats, indent=2) + "\n")  # last
+    return stats
+
+
+def _check_splits(stats: dict, config: PipelineConfig) -> None:
+    splits = stats["splits"]
+    if all(splits[s]["pairs"] == 0 for s in SPLITS):
+        skipped = {k: sum(splits[s][k] for s in SPLITS) for k in splits["train"] if k.startswith("skipped_")}
+        reasons = ", ".join(f"{k.removeprefix('skipped_')}: {v:,}" for k, v in skipped.items() if v)
+        raise InputDataError(
+            "the input holds no usable pair" + (f" (skipped: {reasons})" if reasons else "")
+            + f"; inputs: {', '.join(i['path'] for i in stats['inputs'][:4])}")
+    for split in SPLITS:
+        if splits[split]["pairs"]:
+            continue
+        own = split != "train" and config.data.has_own(split)
+        where = (f"its own files hold no usable pair" if own else
+                 "data.train holds no usable pair after the hash split" if split == "train" else
+                 f"the {split}_fraction share of the train pairs is empty; give more pairs, "
+                 f"raise data.{split}_fraction or give the {split} split its own files")
+        raise InputDataError(f"the {split} split is empty: {where}")
