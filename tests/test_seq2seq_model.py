@@ -164,9 +164,11 @@ def test_tied_embeddings_share_the_target_matrix():
         np.testing.assert_allclose(logits, full[:, t], atol=1e-5)
 
 
-def test_mixed_bfloat16_keeps_float32_states_attention_and_logits():
-    model = _model("bahdanau", feeding=True, bidirectional=True, precision="mixed_bfloat16")
-    assert model.decoder[0].compute_dtype == "bfloat16" and model.attention.compute_dtype == "bfloat16"
+@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_keeps_float32_states_attention_and_logits(precision):
+    model = _model("bahdanau", feeding=True, bidirectional=True, precision=precision)
+    half = precision.split("_")[1]
+    assert model.decoder[0].compute_dtype == half and model.attention.compute_dtype == half
     src, lengths, tgt = _batch()
     full, weights = model(src, tgt, source_lengths=lengths, return_attention=True)
     assert full.dtype == weights.dtype == tf.float32

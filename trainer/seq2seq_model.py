@@ -46,6 +46,7 @@ from trainer.lstm import LSTM
 from trainer.recurrent_base import dropout_mask
 
 PASS_THROUGH = 3  # memory, keys, source_mask: the last state entries, never changed by `step`
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
 
 @keras.saving.register_keras_serializable(package="lmpipe")
@@ -69,8 +70,13 @@ class Seq2SeqModel(keras.Model):
         tie_embeddings: share the target embedding with the output layer (a projection
             H -> E is added when they differ).
         init_scale: weights start uniform in [-init_scale, init_scale].
-        precision: "float32" or "mixed_bfloat16" (float32 states, attention and logits).
+        precision: "float32", "mixed_bfloat16" or "mixed_float16" (16-bit matmuls; float32
+            states, attention softmax, logits and loss; float16 wants loss scaling).
     """
+
+    # The decoders' prompt is the source, not the start of the output: it is not history
+    # for repetition rules, and its ids are source-vocabulary ids.
+    prompt_is_prefix = False
 
     def __init__(
         self,
@@ -93,8 +99,8 @@ class Seq2SeqModel(keras.Model):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        if precision not in ("float32", "mixed_bfloat16"):
-            raise ValueError(f"precision must be float32 or mixed_bfloat16, got {precision!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if cell != "lstm":
             raise ValueError(f"the seq2seq model has LSTM layers only; cell must be 'lstm', got {cell!r}")
         self.source_vocab_size = source_vocab_size
@@ -254,7 +260,7 @@ class Seq2SeqModel(keras.Model):
     def step_with_attention(self, token_ids, states):
         """One target token per row: ids [B] -> (logits [B, V], new states, attention [B, S])."""
         n = 2 * self.num_layers
-        layer_states, feed, passed = states[:n], states[n], list(states[n + 1:])
+        layer_states, feed, passed = states[:n], states[n], list(states[-PASS_THROUGH:])
         memory, keys, mask = passed
         x = self.target_embedding(token_ids)
         if self.input_feeding:
