@@ -17,3 +17,9 @@ class InputDataError(LmpipeError):
     """The corpus cannot be used: missing path, empty glob, binary file, empty corpus."""
 
     exit_code = 3
+
+
+class ClusterError(LmpipeError):
+    """A peer of a multi-worker training stopped; restarting the workers resumes the run."""
+
+    exit_code = 5

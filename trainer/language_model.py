@@ -24,6 +24,7 @@ from trainer.recurrent_base import dropout_mask
 from trainer.rnn import SimpleRNN
 
 CELLS = {"lstm": LSTM, "rnn": SimpleRNN}
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
 
 @keras.saving.register_keras_serializable(package="lmpipe")
@@ -42,8 +43,9 @@ class LanguageModel(keras.Model):
         tie_embeddings: share the embedding matrix with the output layer; when H != E a
             linear projection H -> E is added before it.
         init_scale: weights start uniform in [-init_scale, init_scale] (Zaremba et al.).
-        precision: "float32", or "mixed_bfloat16" (bfloat16 matmuls; float32 states,
-            gate math, logits and loss).
+        precision: "float32", "mixed_bfloat16" or "mixed_float16" (16-bit matmuls;
+            float32 states, gate math, logits and loss; float16 wants loss scaling, which
+            the Trainer adds).
     """
 
     def __init__(
@@ -61,8 +63,8 @@ class LanguageModel(keras.Model):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        if precision not in ("float32", "mixed_bfloat16"):
-            raise ValueError(f"precision must be float32 or mixed_bfloat16, got {precision!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if cell not in CELLS:
             raise ValueError(f"cell must be one of {sorted(CELLS)}, got {cell!r}")
         self.vocab_size = vocab_size
@@ -153,7 +155,7 @@ class LanguageModel(keras.Model):
         return tf.gather(logits, prompt_lengths - 1, batch_dims=1), states
 
     def _logits(self, x):
-        x = tf.cast(x, self.embedding.compute_dtype)  # bfloat16 under mixed_bfloat16
+        x = tf.cast(x, self.embedding.compute_dtype)  # 16-bit under the mixed policies
         if self.projection is not None:
             x = self.projection(x)
         if self.tie_embeddings:

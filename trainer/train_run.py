@@ -30,9 +30,10 @@ import keras
 from pipeline.config import PipelineConfig
 from pipeline.config_loader import flatten_config
 from pipeline.constants import STATS_FILE, TOKENIZER_FILE, VOCAB_FILE
-from pipeline.errors import InputDataError
+from pipeline.errors import ClusterError, InputDataError
 from trainer.curves import plot_learning_curves
 from trainer.data import load_token_stream, num_windows
+from trainer.distribute import make_strategy
 from trainer.language_model import build_language_model
 from trainer.tracking import RunTracker
 from trainer.training import Trainer
@@ -79,6 +80,7 @@ def train_language_model(config: PipelineConfig, dataset_dir: str, verbose: bool
         warm_start_dir: a finished model folder whose weights start this training (the
             caller checks that its vocabulary and shape match).
     """
+    strategy = make_strategy(config.train.distribute)  # before TensorFlow's first op
     stats = _read_json(os.path.join(dataset_dir, STATS_FILE))
     start_from = _read_json(os.path.join(warm_start_dir, METRICS))["run_key"] if warm_start_dir else ""
     run_dir = run_dir_for(config, stats["fingerprint"], start_from)
@@ -86,19 +88,26 @@ def train_language_model(config: PipelineConfig, dataset_dir: str, verbose: bool
     if os.path.exists(os.path.join(model_dir, METRICS)):
         return TrainResult(run_dir, model_dir, _read_json(os.path.join(model_dir, METRICS)), True)
     streams = {s: load_token_stream(dataset_dir, s) for s in ("train", "valid", "test")}
-    if len(streams["train"]) < config.train.batch_size * 2 + 1:
+    global_batch = config.train.batch_size * strategy.num_replicas_in_sync
+    if len(streams["train"]) < global_batch * 2 + 1:
         raise InputDataError(
-            f"the train split has {len(streams['train'])} tokens, too few for train.batch_size="
-            f"{config.train.batch_size}; lower the batch size or add text")
-    tracker = RunTracker(config.tracking.uri, config.tracking.experiment)
+            f"the train split has {len(streams['train'])} tokens, too few for a global batch of "
+            f"{global_batch} (train.batch_size={config.train.batch_size} x "
+            f"{strategy.num_replicas_in_sync} replicas); lower the batch size or add text")
     os.makedirs(run_dir, exist_ok=True)
     model_config = model_config_for(config, stats["vocab_size"])
     keras.utils.set_random_seed(config.train.seed)  # the same config gives the same initial weights
-    model = build_language_model(model_config)
-    trainer = Trainer(model, config.train, run_dir, verbose=verbose)
+    with strategy.scope():
+        model = build_language_model(model_config)
+    trainer = Trainer(model, config.train, run_dir, verbose=verbose, strategy=strategy)
     resumed = trainer.restore()
     if warm_start_dir and not resumed:
         model.load_weights(os.path.join(warm_start_dir, WEIGHTS))
+    if not trainer.is_chief:  # a worker trains in step with the chief; the chief writes everything
+        history = _fit_in_cluster(trainer, streams)
+        return TrainResult(run_dir, "", {"epochs": len(history), "worker": True,
+                                         "valid_ppl": history[-1]["valid_ppl"] if history else None}, False)
+    tracker = RunTracker(config.tracking.uri, config.tracking.experiment)
     run_id = _previous_run_id(run_dir) if resumed else None
     params = {**flatten_config(config), "param_count": model.count_params(), "dataset_dir": dataset_dir}
     run_id = tracker.start(f"{config.model.cell}-{os.path.basename(run_dir)}", params, _tags(stats), run_id)
@@ -112,7 +121,7 @@ def train_language_model(config: PipelineConfig, dataset_dir: str, verbose: bool
                             step=record["epoch"])
 
     try:
-        history = trainer.fit(streams["train"], streams["valid"], on_epoch_end=on_epoch_end)
+        history = _fit_in_cluster(trainer, streams, on_epoch_end)
     except BaseException:
         tracker.end("KILLED")
         raise
@@ -124,7 +133,8 @@ def train_language_model(config: PipelineConfig, dataset_dir: str, verbose: bool
         "valid_ppl": valid.perplexity, "test_ppl": test.perplexity, "valid_loss": valid.loss,
         "test_loss": test.loss, "test_bits_per_token": test.bits_per_token,
         "test_tokens": test.tokens, "epochs": len(history), "param_count": model.count_params(),
-        "train_steps_per_epoch": num_windows(len(streams["train"]), config.train.batch_size, config.train.bptt),
+        "train_steps_per_epoch": num_windows(len(streams["train"]), global_batch, config.train.bptt),
+        "replicas": strategy.num_replicas_in_sync, "global_batch": global_batch,
         "mlflow_run_id": run_id, "dataset_dir": dataset_dir, "fingerprint": stats["fingerprint"],
         "run_key": os.path.basename(run_dir), "warm_start_from": start_from or None,
     }
@@ -141,6 +151,21 @@ def train_language_model(config: PipelineConfig, dataset_dir: str, verbose: bool
         metrics["registered_version"] = version
         _write_text(os.path.join(model_dir, METRICS), json.dumps(metrics, indent=2) + "\n")
     return TrainResult(run_dir, model_dir, metrics, False)
+
+
+def _fit_in_cluster(trainer: Trainer, streams: dict, on_epoch_end=None) -> list[dict]:
+    """trainer.fit, with a lost peer worker reported as a ClusterError (exit 5)."""
+    import tensorflow as tf
+
+    try:
+        return trainer.fit(streams["train"], streams["valid"], on_epoch_end=on_epoch_end)
+    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError) as e:
+        if trainer.replicas == 1:
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ClusterError(
+            f"a worker of the training cluster stopped ({first}); restart every worker with the same "
+            f"TF_CONFIG and they resume from the chief's last checkpoint in {trainer.checkpoint_dir}") from e
 
 
 def _write_model_dir(model_dir, model, model_config, metrics, history, dataset_dir) -> None:

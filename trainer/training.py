@@ -47,23 +47,54 @@ def learning_rate_for(config: TrainConfig, epoch: int) -> float:
     return config.learning_rate * config.lr_decay ** max(0, epoch + 2 - config.lr_decay_start_epoch)
 
 
-def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
+def make_optimizer(config: TrainConfig, precision: str = "float32") -> keras.optimizers.Optimizer:
+    """SGD or Adam; wrapped in dynamic loss scaling under mixed_float16."""
     if config.optimizer == "adam":
-        return keras.optimizers.Adam(config.learning_rate)
-    return keras.optimizers.SGD(config.learning_rate)
+        optimizer = keras.optimizers.Adam(config.learning_rate)
+    else:
+        optimizer = keras.optimizers.SGD(config.learning_rate)
+    if precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """True in every process but the non-chief workers of a multi-worker cluster."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    if task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return task_type == "worker" and task_id == 0 and not has_chief
+
+
+def _task_key() -> str:
+    task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {})
+    return f"{task.get('type', 'worker')}-{task.get('index', 0)}"
 
 
 class Trainer:
     """Trains `model` with `config`, checkpointing into `run_dir/checkpoints`."""
 
-    def __init__(self, model, config: TrainConfig, run_dir: str, verbose: bool = True) -> None:
+    def __init__(self, model, config: TrainConfig, run_dir: str, verbose: bool = True,
+                 strategy: tf.distribute.Strategy | None = None) -> None:
+        """`model` must have been built under `strategy.scope()` (the default strategy:
+        one process) and the trainer must be made in the same scope's program."""
         self.model = model
         self.config = config
         self.verbose = verbose
-        self.optimizer = make_optimizer(config)
-        self.optimizer.build(model.trainable_variables)
-        zeros = model.initial_state(config.batch_size)
-        self._carried = [tf.Variable(z, trainable=False) for z in zeros]
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.replicas = self.strategy.num_replicas_in_sync
+        self.global_batch = config.batch_size * self.replicas
+        self.is_chief = is_chief(self.strategy)
+        with self.strategy.scope():
+            self.optimizer = make_optimizer(config, model.precision)
+            self.optimizer.build(model.trainable_variables)
+        # Bookkeeping lives outside the strategy: every worker keeps an identical copy.
+        zeros = model.initial_state(self.global_batch)
+        self._carried = [tf.Variable(z, trainable=False) for z in zeros]  # all replicas' rows
         self._epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
         self._step = tf.Variable(0, dtype=tf.int64, trainable=False)  # batches done in this epoch
         self._global_step = tf.Variable(0, dtype=tf.int64, trainable=False)
@@ -77,7 +108,12 @@ class Trainer:
             tokens_seen=self._tokens_seen,
             history=self._history)
         self.checkpoint_dir = os.path.join(run_dir, "checkpoints")
-        self._manager = tf.train.CheckpointManager(self._checkpoint, self.checkpoint_dir, max_to_keep=2)
+        # Only the chief's checkpoints are kept; the other workers write theirs (saving may
+        # take part in collectives) to a private folder that is deleted right after.
+        write_dir = self.checkpoint_dir if self.is_chief else os.path.join(
+            run_dir, "workers", f"{_task_key()}")
+        self._write_dir = write_dir
+        self._manager = tf.train.CheckpointManager(self._checkpoint, write_dir, max_to_keep=2)
         self.run_dir = run_dir
         self._train_step = self._make_train_step()
         self._eval_step = make_eval_step(model)
@@ -87,32 +123,71 @@ class Trainer:
         return json.loads(self._history.numpy().decode())
 
     def restore(self) -> bool:
-        """Restores the latest checkpoint, if any; True when one was found."""
-        latest = self._manager.latest_checkpoint
+        """Restores the latest (chief's) checkpoint, if any; True when one was found."""
+        latest = tf.train.latest_checkpoint(self.checkpoint_dir)
         if latest is None:
             return False
         self._checkpoint.restore(latest).assert_existing_objects_matched()
         return True
 
     def _make_train_step(self):
-        model, optimizer, clip = self.model, self.optimizer, self.config.clip_norm
+        """The compiled step on global windows: x, y [R*B, T], states [R*B, H] each.
 
-        @tf.function(reduce_retracing=True)
-        def train_step(x, y, states, seed):
+        Replica r (of R) trains rows [r*B, (r+1)*B): its own contiguous streams. The
+        gradients are summed over replicas before clipping (the clip sees the global norm,
+        as one process with batch R*B would), and the new states and NLL sums are gathered
+        so that every worker holds the whole picture (and the chief can checkpoint it).
+        """
+        model, optimizer, clip, strategy = self.model, self.optimizer, self.config.clip_norm, self.strategy
+        replicas, global_batch = self.replicas, self.global_batch
+        loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+
+        def replica_step(x, y, states, seed):
+            ctx = tf.distribute.get_replica_context()
+            rows = tf.shape(x)[0] // replicas
+            first = tf.cast(ctx.replica_id_in_sync_group, tf.int32) * rows
+            x, y = x[first:first + rows], y[first:first + rows]
+            states = [s[first:first + rows] for s in states]
+            seed = seed + tf.stack([0, 7919 * tf.cast(ctx.replica_id_in_sync_group, tf.int32)])
             with tf.GradientTape() as tape:
                 logits, new_states = model(x, states, training=True, seed=seed)
                 nll = tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits)
-                # Zaremba et al.: summed over the window, averaged over the batch.
-                loss = tf.reduce_sum(nll) / tf.cast(tf.shape(x)[0], nll.dtype)
-            grads = tape.gradient(loss, model.trainable_variables)
-            grads, norm = tf.clip_by_global_norm(grads, clip)
+                # Zaremba et al.: summed over the window, averaged over the (global) batch.
+                loss = tf.reduce_sum(nll) / tf.cast(rows * replicas, nll.dtype)
+                if loss_scaled:
+                    loss = optimizer.scale_loss(loss)
+            # Dense gradients: Keras' Adam squares the rows of sparse (IndexedSlices)
+            # embedding gradients one by one, which is not Adam when a token repeats.
+            grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, model.trainable_variables)]
+            if replicas > 1:
+                grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+            scale = optimizer.dynamic_scale if loss_scaled else 1.0
+            grads, _ = tf.clip_by_global_norm(grads, clip * scale)
+            # The optimizer sums the replicas' gradients again: hand it 1/R of the total.
+            if replicas > 1:
+                grads = [g / replicas for g in grads]
             optimizer.apply_gradients(zip(grads, model.trainable_variables))
-            return tf.reduce_sum(tf.cast(nll, tf.float64)), tf.size(nll, tf.int64), new_states
+            sums = tf.stack([tf.reduce_sum(tf.cast(nll, tf.float64)), tf.cast(tf.size(nll), tf.float64)])
+            if replicas > 1:
+                sums = ctx.all_reduce(tf.distribute.ReduceOp.SUM, sums)
+                new_states = [ctx.all_gather(s, axis=0) for s in new_states]
+            return sums, new_states
+
+        @tf.function(reduce_retracing=True)
+        def train_step(x, y, states, seed):
+            sums, new_states = strategy.run(replica_step, args=(x, y, states, seed))
+            local = strategy.experimental_local_results
+            sums = local(sums)[0]
+            new_states = [local(s)[0] for s in new_states]
+            return sums[0], tf.cast(sums[1], tf.int64), new_states
 
         return train_step
 
     def save(self) -> str:
-        return self._manager.save(checkpoint_number=int(self._global_step.numpy()))
+        path = self._manager.save(checkpoint_number=int(self._global_step.numpy()))
+        if not self.is_chief:
+            tf.io.gfile.rmtree(self._write_dir)
+        return path
 
     def fit(self, train_stream: np.ndarray, valid_stream: np.ndarray,
             on_epoch_end: EpochCallback | None = None) -> list[dict]:
@@ -122,7 +197,7 @@ class Trainer:
         """
         cfg = self.config
         self.restore()
-        steps_per_epoch = num_windows(len(train_stream), cfg.batch_size, cfg.bptt)
+        steps_per_epoch = num_windows(len(train_stream), self.global_batch, cfg.bptt)
         while int(self._epoch.numpy()) < cfg.epochs and not self._should_stop():
             epoch = int(self._epoch.numpy())
             lr = learning_rate_for(cfg, epoch)
@@ -130,12 +205,12 @@ class Trainer:
             started = time.perf_counter()
             skip = int(self._step.numpy())
             if skip == 0:
-                for var, zero in zip(self._carried, self.model.initial_state(cfg.batch_size)):
+                for var, zero in zip(self._carried, self.model.initial_state(self.global_batch)):
                     var.assign(zero)  # a new epoch starts from zero state
             bar = keras.utils.Progbar(steps_per_epoch, verbose=(1 if sys.stdout.isatty() else 2) if self.verbose else 0,
                                       stateful_metrics=["ppl", "tok/s", "lr"])
             seen = 0
-            for x, y in bptt_dataset(train_stream, cfg.batch_size, cfg.bptt, skip=skip):
+            for x, y in bptt_dataset(train_stream, self.global_batch, cfg.bptt, skip=skip):
                 seed = tf.stack([tf.constant(cfg.seed, tf.int64), self._global_step])
                 nll, count, states = self._train_step(x, y, [v.value() for v in self._carried], tf.cast(seed, tf.int32))
                 for var, s in zip(self._carried, states):
@@ -199,6 +274,9 @@ class Trainer:
         return os.path.join(self.run_dir, "best.weights.h5")
 
     def _save_best(self) -> None:
+        if not self.is_chief:
+            return
+        os.makedirs(self.run_dir, exist_ok=True)
         tmp = os.path.join(self.run_dir, "best.tmp.weights.h5")
         self.model.save_weights(tmp)
         os.replace(tmp, self.best_weights_path())
