@@ -90,6 +90,10 @@ def cmd_train(args, extra: list[str]) -> int:
 
     result = train_language_model(config, dataset_dir)
     m = result.metrics
+    if m.get("worker"):
+        print(f"worker finished {m['epochs']} epochs in step with the chief "
+              f"(valid ppl {m['valid_ppl']:.2f}); the chief writes the model and MLflow records")
+        return 0
     state = "already trained, skipped" if result.skipped else "trained"
     print(f"model {state}: {result.model_dir}")
     print(f"  valid ppl {m['valid_ppl']:.2f}, test ppl {m['test_ppl']:.2f} "
