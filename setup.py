@@ -22,6 +22,7 @@ setup(
         "pyyaml>=6,<7",
         "numpy>=1.26,<3",
         "matplotlib>=3.8,<4",
+        "sacrebleu>=2.4,<3",
     ],
     extras_require={"test": ["pytest>=8,<10"]},
     entry_points={"console_scripts": ["lmpipe=pipeline.cli:main"]},
