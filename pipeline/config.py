@@ -174,7 +174,7 @@ class PreprocessConfig(_Section):
     output_dir: str = "work/data"  # one sub-folder per dataset fingerprint
     num_shards: int = Field(0, ge=0)  # 0: one shard per bundle (no shuffle), as the runner decides
     drop_empty_lines: bool = True
-    max_line_chars: int = Field(1_000_000, ge=1000)  # longer lines are cut at whitespace
+    max_line_chars: int = Field(1_000_000, ge=1000)  # longer lines are cut at whitespace (pairs: skipped)
     max_lines_per_record: int = Field(1000, ge=1)  # `text` documents are stored in parts
     batch_lines: int = Field(1024, ge=1)  # lines per tokenizer call
     # Pair formats: a pair whose source or target has more tokens than this (<eos> not

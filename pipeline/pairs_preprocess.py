@@ -12,7 +12,7 @@ Example:
     >>> cfg = load_config(None, ["data.format=pairs", "data.source_train=train.en",
     ...                          "data.target_train=train.de"])
     >>> run_pairs_preprocess(cfg, ["--runner=DirectRunner"]).stats["splits"]["train"]["pairs"]
-    26100
+    29000
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from pipeline.pairs_inputs import PairInput, pair_fingerprint, resolve_pair_inpu
 from pipeline.pairs_reading import COUNTS_TAG, LINES_TAG, ReadPairs
 from pipeline.pairs_stats import empty_pair_record, finish_pair_split_stats, to_pair_json_record
 from pipeline.preprocess import PreprocessResult, _publish, _write_text
+from pipeline.reading import BLOCK_BYTES
 from pipeline.split_stats import SumStatsFn
 from pipeline.tokenizer import read_vocab, vocab_file_text
 from pipeline.vocabulary import LearnVocabulary, spec_of
@@ -53,11 +54,15 @@ def pair_dataset_dir_for(config: PipelineConfig) -> tuple[str, list[PairInput], 
 
 
 def create_pairs_pipeline(p: beam.Pipeline, files: list[PairInput], config: PipelineConfig,
-                          out_dir: str) -> None:
-    """Adds every step that writes one pair dataset into `out_dir` (which must exist)."""
+                          out_dir: str, block_bytes: int = BLOCK_BYTES) -> None:
+    """Adds every step that writes one pair dataset into `out_dir` (which must exist).
+
+    `block_bytes`: the unit of parallel reading (tests make it tiny).
+    """
     pre, tok = config.preprocess, config.tokenizer
     shared = tok.shared_vocab
-    read = p | "ListFiles" >> beam.Create(files) | "ReadPairs" >> ReadPairs(files, config.data)
+    read = p | "ListFiles" >> beam.Create(files) | "ReadPairs" >> ReadPairs(
+        files, config.data, pre.max_line_chars, block_bytes)
 
     def batches(pairs, label):
         return pairs | label >> beam.BatchElements(
@@ -119,7 +124,7 @@ def run_pairs_preprocess(config: PipelineConfig, beam_args: list[str] | None = N
     try:
         started = time.time()
         with beam.Pipeline(options=PipelineOptions(beam_args or [])) as p:
-            create_pairs_pipeline(p, files, config, tmp_dir)
+            create_pairs_pipeline(p, files, config, tmp_dir, BLOCK_BYTES)
         lines = _read_records(tmp_dir, _LINE_COUNTS)
         _check_alignment(files, {r["key"]: r["lines"] for r in lines})
         stats = _write_metadata(tmp_dir, files, lines, config, fingerprint, time.time() - started)

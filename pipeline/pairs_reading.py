@@ -9,7 +9,7 @@ without its partner only happens when the files' line counts differ, which the
 launcher turns into an error from LINES_TAG (per-file line counts).
 
 Example (inside a pipeline):
-    read = files | 'ReadPairs' >> ReadPairs(files_list, data_config)
+    read = files | 'ReadPairs' >> ReadPairs(files_list, data_config, max_chars=1_000_000)
     read.pairs, read[COUNTS_TAG], read[LINES_TAG]
 """
 
@@ -26,7 +26,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from pipeline.config import DataConfig
 from pipeline.pairs_inputs import PairInput
-from pipeline.reading import _decode, _lines_in_block, blocks_of, split_of
+from pipeline.reading import BLOCK_BYTES, _decode, _lines_in_block, blocks_of, split_of
 
 COUNTS_TAG = "counts"  # (split, {counter: n}) of the data issues met
 LINES_TAG = "lines"  # (file key, number of lines)
@@ -74,9 +74,10 @@ class ParsePairFn(beam.DoFn):
     """Numbered lines -> Pairs. `pairs`: grouped (source, target) lines of one line
     number; pairs_tsv / pairs_jsonl: one line. Issues go to COUNTS_TAG per split."""
 
-    def __init__(self, files: list[PairInput], data: DataConfig) -> None:
+    def __init__(self, files: list[PairInput], data: DataConfig, max_chars: int) -> None:
         self._files = {f.key: f for f in files}
         self._data = data
+        self._max_chars = max_chars
         self._valid_fraction = 0.0 if data.has_own("valid") else data.valid_fraction
         self._test_fraction = 0.0 if data.has_own("test") else data.test_fraction
         self._counts = {}
@@ -108,6 +109,8 @@ class ParsePairFn(beam.DoFn):
             counts["skipped_bad_records"] += 1
         elif not texts[0].strip() or not texts[1].strip():
             counts["skipped_empty"] += 1
+        elif max(len(texts[0]), len(texts[1])) > self._max_chars:
+            counts["skipped_too_long"] += 1
         else:
             yield Pair(split, ordinal, texts[0], texts[1])
 
@@ -144,11 +147,16 @@ class ParsePairFn(beam.DoFn):
 
 
 @beam.ptransform_fn
-def ReadPairs(files, file_list: list[PairInput], data: DataConfig):  # noqa: N802 (Beam style)
-    """PCollection[PairInput] -> {"pairs": Pair, COUNTS_TAG: ..., LINES_TAG: ...}."""
+def ReadPairs(files, file_list: list[PairInput], data: DataConfig, max_chars: int,  # noqa: N802
+              block_bytes: int = BLOCK_BYTES):
+    """PCollection[PairInput] -> {"pairs": Pair, COUNTS_TAG: ..., LINES_TAG: ...}.
+
+    A pair with a side longer than `max_chars` characters is skipped (skipped_too_long):
+    a pair cannot be cut like a document line.
+    """
     blocks = (
         files
-        | "CutIntoBlocks" >> beam.FlatMap(blocks_of)
+        | "CutIntoBlocks" >> beam.FlatMap(blocks_of, block_bytes)
         | "SpreadBlocks" >> beam.Reshuffle()
         | "ReadBlocks" >> beam.ParDo(ReadLinesFn()).with_outputs(_BLOCK_SIZES, main="blocks"))
     sizes = blocks[_BLOCK_SIZES]
@@ -161,7 +169,7 @@ def ReadPairs(files, file_list: list[PairInput], data: DataConfig):  # noqa: N80
                 lambda line, roles: (roles[line[0]] + (line[1],), (line[0], line[2], line[3])),
                 {f.key: (f.role, f.index) for f in file_list})
             | "JoinSides" >> beam.GroupByKey())
-    parsed = lines | "ParsePairs" >> beam.ParDo(ParsePairFn(file_list, data)).with_outputs(
+    parsed = lines | "ParsePairs" >> beam.ParDo(ParsePairFn(file_list, data, max_chars)).with_outputs(
         COUNTS_TAG, main="pairs")
     line_counts = (
         sizes

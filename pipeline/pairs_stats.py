@@ -6,7 +6,8 @@ The pipeline sums partial stats with `SumStatsFn` and writes one JSON record per
 
     pairs, pairs_read        pairs written / lines (or records) read
     skipped_empty            a side was empty or only whitespace
-    skipped_too_long         a side had more than preprocess.max_pair_tokens tokens
+    skipped_too_long         a side had more than preprocess.max_pair_tokens tokens, or
+                             more than preprocess.max_line_chars characters
     skipped_bad_records      pairs_tsv: too few columns; pairs_jsonl: unreadable JSON,
                              a missing field or a value that is not a string
     skipped_unpaired         a line without its partner (misaligned files; never in a

@@ -121,6 +121,33 @@ def test_misaligned_line_counts_are_an_error_and_leave_nothing(tmp_path):
     assert _folders(tmp_path) == []  # no dataset, no temporary folder
 
 
+def test_lines_pair_exactly_across_blocks_files_and_compression(tmp_path, monkeypatch):
+    import gzip
+
+    import pipeline.pairs_preprocess as pairs_preprocess
+
+    os.makedirs(tmp_path / "parts")
+    monkeypatch.setattr(pairs_preprocess, "BLOCK_BYTES", 16)  # many blocks per file
+    source = [f"s{g} " + "w " * (g % 5) for g in range(42)]
+    target = [f"t{g}" + " v" * (g % 3) for g in range(42)]
+    write(tmp_path / "parts" / "p1.en", "".join(f"{line}\n" for line in source[:30]))
+    with gzip.open(tmp_path / "parts" / "p2.en.gz", "wt") as f:  # one block: gzip cannot seek
+        f.write("".join(f"{line}\n" for line in source[30:]))
+    write(tmp_path / "parts" / "p1.de", "".join(f"{line}\r\n" for line in target[:30]))
+    write(tmp_path / "parts" / "p2.de", "".join(f"{line}\n" for line in target[30:]).rstrip("\n"))
+    files = _pairs_files(tmp_path)
+    files[1:3] = [f"data.source_train={tmp_path / 'parts' / 'p*.en*'}", f"data.target_train={tmp_path / 'parts' / 'p*.de'}"]
+    result = run_preprocess(_config(tmp_path, *files))
+    vocab = open(os.path.join(result.dataset_dir, "vocab.txt")).read().split("\n")
+    records = _records(result.dataset_dir, "train")
+    assert [r["pair"] for r in records] == list(range(42))
+    for r in records:
+        g = r["pair"]
+        assert [vocab[i] for i in r["source_ids"]] == source[g].split() + ["<eos>"]
+        assert [vocab[i] for i in r["target_ids"]] == target[g].split() + ["<eos>"]
+    assert [i["lines"] for i in result.stats["inputs"][:4]] == [30, 12, 30, 12]
+
+
 def test_unequal_numbers_of_files_are_an_error(tmp_path):
     files = _pairs_files(tmp_path)
     extra = write(tmp_path / "c" / "more.en", "a dog\n")
