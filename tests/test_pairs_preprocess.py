@@ -70,7 +70,8 @@ def test_aligned_files_give_exact_records_vocab_and_stats(tmp_path):
     assert stats["eos"] == {"source": True, "target": True}
     train, test = stats["splits"]["train"], stats["splits"]["test"]
     assert (train["pairs"], train["pairs_read"], train["source"]["tokens"], train["target"]["tokens"]) == (3, 3, 10, 10)
-    assert (train["source"]["length_max"], train["source"]["length_p50"], train["source"]["length_mean"]) == (4, 3, 3.333)
+    source = train["source"]
+    assert (source["length_max"], source["length_p50"], source["length_mean"]) == (4, 3, 3.333)
     assert (test["source"]["oov_rate"], test["target"]["oov_tokens"]) == (0.0, 1)
     assert test["target"]["oov_rate"] == pytest.approx(1 / 3)
     assert [i["lines"] for i in stats["inputs"]] == [3, 3, 1, 1, 1, 1]
@@ -136,7 +137,8 @@ def test_lines_pair_exactly_across_blocks_files_and_compression(tmp_path, monkey
     write(tmp_path / "parts" / "p1.de", "".join(f"{line}\r\n" for line in target[:30]))
     write(tmp_path / "parts" / "p2.de", "".join(f"{line}\n" for line in target[30:]).rstrip("\n"))
     files = _pairs_files(tmp_path)
-    files[1:3] = [f"data.source_train={tmp_path / 'parts' / 'p*.en*'}", f"data.target_train={tmp_path / 'parts' / 'p*.de'}"]
+    parts = tmp_path / "parts"
+    files[1:3] = [f"data.source_train={parts / 'p*.en*'}", f"data.target_train={parts / 'p*.de'}"]
     result = run_preprocess(_config(tmp_path, *files))
     vocab = open(os.path.join(result.dataset_dir, "vocab.txt")).read().split("\n")
     records = _records(result.dataset_dir, "train")
