@@ -66,7 +66,11 @@ def cmd_preprocess(args, beam_args: list[str]) -> int:
         print(f"  {split:5s} documents={s['documents']:,} lines={s['lines']:,} "
               f"tokens={s['tokens']:,} oov_rate={s['oov_rate']:.4%}")
         _warn_counted(split, s)
-    print(f"  vocabulary: {result.stats['vocab_size']:,} entries ({config.tokenizer.kind})")
+    if "vocab_size" in result.stats:
+        print(f"  vocabulary: {result.stats['vocab_size']:,} entries ({config.tokenizer.kind})")
+    else:  # a pair dataset with one vocabulary per side
+        sizes = ", ".join(f"{side} {v['size']:,}" for side, v in result.stats["vocab"].items())
+        print(f"  vocabularies: {sizes} entries ({config.tokenizer.kind})")
     return 0
 
 
@@ -108,14 +112,34 @@ def cmd_evaluate(args, extra: list[str]) -> int:
     config = _load(args)
     from trainer.data import load_token_stream
     from trainer.evaluation import evaluate
-    from trainer.train_run import load_trained_model
+    from trainer.train_run import load_trained_model, model_kind
 
     dataset_dir = args.dataset_dir or _dataset_for(config)
-    model = load_trained_model(_trained_model_dir(config, args.model_dir, dataset_dir))
+    model_dir = _trained_model_dir(config, args.model_dir, dataset_dir)
+    model = load_trained_model(model_dir)
+    if model_kind(model_dir) == "seq2seq":
+        return _evaluate_seq2seq(model, model_dir, dataset_dir, args.split)
     for split in args.split:
         result = evaluate(model, load_token_stream(dataset_dir, split))
         print(json.dumps({"split": split, "perplexity": result.perplexity, "loss": result.loss,
                           "bits_per_token": result.bits_per_token, "tokens": result.tokens}))
+    return 0
+
+
+def _evaluate_seq2seq(model, model_dir: str, dataset_dir: str, splits: list[str]) -> int:
+    """Perplexity and greedy BLEU (sacrebleu, with its signature) of each split's pairs."""
+    from pipeline.pair_records import pair_tokenizers
+    from serving.translation_eval import corpus_bleu
+    from trainer.pairs_data import load_pairs
+    from trainer.seq2seq_training import evaluate_pairs
+
+    tokenizers = pair_tokenizers(model_dir)
+    for split in splits:
+        pairs = load_pairs(dataset_dir, split)
+        result, bleu = evaluate_pairs(model, pairs), corpus_bleu(model, tokenizers, pairs)
+        print(json.dumps({"split": split, "perplexity": result.perplexity, "loss": result.loss,
+                          "tokens": result.tokens, "pairs": len(pairs), "bleu_greedy": bleu.score,
+                          "bleu_signature": bleu.signature}))
     return 0
 
 
@@ -207,15 +231,17 @@ def cmd_generate(args, extra: list[str]) -> int:
     from serving.generation_module import SIGNATURE_KNOBS
 
     knobs = {k: v for k, v in knobs.items() if k in SIGNATURE_KNOBS[args.method]}
-    instances = request_instances(args.prompts, args.method, **knobs)
     if args.export_dir:
-        from serving.local_predict import predict_local
+        from serving.local_predict import predict_local, prompt_input
 
+        instances = request_instances(args.prompts, args.method, prompt_input(args.export_dir, args.method), **knobs)
         predictions = predict_local(args.export_dir, args.method, instances)
     else:
         from serving.client import ServingClient
 
-        predictions = ServingClient(args.url, args.model).predict(args.method, instances)["predictions"]
+        client = ServingClient(args.url, args.model)
+        instances = request_instances(args.prompts, args.method, client.prompt_input(args.method), **knobs)
+        predictions = client.predict(args.method, instances)["predictions"]
     for prompt, pred in zip(args.prompts, predictions):
         texts = pred["text"] if isinstance(pred["text"], list) else [pred["text"]]
         scores = pred["log_prob"] if isinstance(pred["log_prob"], list) else [pred["log_prob"]]
@@ -241,6 +267,10 @@ def _warn_counted(split: str, s: dict) -> None:
         "invalid_utf8_lines": "lines had invalid UTF-8 (bytes replaced by U+FFFD)",
         "long_lines_split": "lines exceeded preprocess.max_line_chars and were cut at whitespace",
         "bad_records": "JSON records were unreadable or lacked data.text_field and were skipped",
+        "skipped_empty": "pairs had an empty side and were skipped",
+        "skipped_too_long": "pairs had a side over preprocess.max_pair_tokens tokens and were skipped",
+        "skipped_bad_records": "pair records were unreadable (columns or fields missing) and were skipped",
+        "skipped_unpaired": "lines had no partner line and were skipped",
     }
     for key, text in notes.items():
         if s.get(key):

@@ -261,7 +261,8 @@ class ServeConfig(_Section):
 
 class PromoteConfig(_Section):
     # A new model becomes champion only if its test perplexity is below
-    # champion_ppl * (1 - min_improvement), both measured on the same test data.
+    # champion_ppl * (1 - min_improvement) (seq2seq: its greedy test BLEU above
+    # champion_bleu * (1 + min_improvement)), both measured on the same test data.
     min_improvement: float = Field(0.0, ge=0.0, lt=1.0)
     canary: bool = False  # also serve the latest challenger under the `canary` label
 
@@ -285,3 +286,11 @@ class PipelineConfig(_Section):
     serve: ServeConfig = Field(default_factory=ServeConfig)
     promote: PromoteConfig = Field(default_factory=PromoteConfig)
     run: RunConfig = Field(default_factory=RunConfig)
+
+    @model_validator(mode="after")
+    def _model_fits_data(self) -> "PipelineConfig":
+        # (pairs with model.kind lm may be preprocessed; training them says what to set)
+        if self.model.kind == "seq2seq" and not self.data.format.startswith("pairs"):
+            raise ValueError(f"model.kind seq2seq learns from pairs of texts; set data.format to pairs, "
+                             f"pairs_tsv or pairs_jsonl (it is {self.data.format})")
+        return self

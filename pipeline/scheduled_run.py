@@ -3,9 +3,10 @@
 preprocess -> train -> report -> evaluate -> export -> promote, under one lock. Each stage is
 idempotent (a dataset, training run or export that exists is found and reused), so a run
 killed anywhere continues where it stopped when started again. A new model becomes the
-registry `champion` (and TF Serving's `stable` label) only if its test perplexity beats the
-champion's, both measured on the same test data, by `promote.min_improvement`, and its
-export passes the clean-process serving check; otherwise it is the `challenger`.
+registry `champion` (and TF Serving's `stable` label) only if its test perplexity (a
+sequence-to-sequence model: its greedy test BLEU) beats the champion's, both measured on
+the same test data, by `promote.min_improvement`, and its export passes the clean-process
+serving check; otherwise it is the `challenger`.
 
 Exit codes: 0 promoted or nothing new; 10 not better (or failed the serving check);
 11 locked by another run; 1 failure (2 config, 3 input data, 4 tracking errors).
@@ -25,7 +26,7 @@ import uuid
 from typing import Callable
 
 from pipeline.config import PipelineConfig
-from pipeline.constants import UNK_ID, VOCAB_FILE
+from pipeline.constants import STATS_FILE, UNK_ID, VOCAB_FILE
 from pipeline.preprocess import run_preprocess
 from pipeline.run_lock import RunLock
 from pipeline.tokenizer import read_vocab
@@ -111,7 +112,7 @@ def _run_stages(config: PipelineConfig, beam_args, manifest: dict, stages: _Stag
     manifest.update(mlflow_run_id=trained["mlflow_run_id"], registered_version=trained["version"],
                     model_dir=trained["model_dir"])
     stages.run("report", lambda: _report(config, trained))
-    scores = stages.run("evaluate", lambda: _evaluate(trained, champion_dir, dataset["dataset_dir"]))
+    scores = stages.run("evaluate", lambda: _evaluate(config, trained, champion_dir, dataset["dataset_dir"]))
     exported = stages.run("export", lambda: _export(config, trained["model_dir"]))
     decision = stages.run("promote", lambda: _promote(config, registry, trained, scores, exported))
     manifest.update(decision=decision["decision"], reason=decision["reason"],
@@ -130,15 +131,19 @@ def _warm_start(config, dataset_dir: str, champion_dir: str | None) -> tuple[str
         return None, "off"
     if champion_dir is None:
         return None, "no champion yet: training from scratch"
-    if read_vocab(os.path.join(champion_dir, VOCAB_FILE)) != read_vocab(os.path.join(dataset_dir, VOCAB_FILE)):
-        return None, "the vocabulary changed: training from scratch"
-    from trainer.train_run import MODEL_CONFIG, model_config_for
+    from trainer.train_run import MODEL_CONFIG, dataset_files, model_config_for
 
+    vocab_files = [n for n in dataset_files(dataset_dir) if n.endswith(VOCAB_FILE)]
+    if any(not os.path.exists(os.path.join(champion_dir, n))
+           or read_vocab(os.path.join(champion_dir, n)) != read_vocab(os.path.join(dataset_dir, n))
+           for n in vocab_files):
+        return None, "the vocabulary changed: training from scratch"
     with open(os.path.join(champion_dir, MODEL_CONFIG)) as f:
         theirs = json.load(f)
-    ours = model_config_for(config, len(read_vocab(os.path.join(dataset_dir, VOCAB_FILE))))
-    shape_keys = ("vocab_size", "embedding_dim", "hidden_dim", "num_layers", "cell", "tie_embeddings")
-    if any(theirs.get(k) != ours[k] for k in shape_keys):
+    with open(os.path.join(dataset_dir, STATS_FILE)) as f:
+        ours = model_config_for(config, json.load(f))
+    loose = ("dropout", "recurrent_dropout", "init_scale", "precision")  # weights fit either way
+    if any(theirs.get(k) != v for k, v in ours.items() if k not in loose):
         return None, "the model shape changed: training from scratch"
     return champion_dir, "from the champion's weights"
 
@@ -170,20 +175,26 @@ def _report(config, trained: dict) -> dict:
     its artifacts); a failing report is a warning, never a failed run."""
     if not config.run.reports:
         return {"skipped": True, "reason": "run.reports is off"}
-    folder = os.path.join(os.path.dirname(os.path.abspath(trained["model_dir"])), "reports", "decoding")
-    if trained["skipped"] and os.path.exists(os.path.join(folder, "decoding.csv")):
+    name, marker = ("translation", "bleu.json") if config.model.kind == "seq2seq" else ("decoding", "decoding.csv")
+    folder = os.path.join(os.path.dirname(os.path.abspath(trained["model_dir"])), "reports", name)
+    if trained["skipped"] and os.path.exists(os.path.join(folder, marker)):
         return {"skipped": True, "folder": folder}
     try:
         from pipeline.reports.run_reports import run_report
 
-        return {"skipped": False, "folder": run_report("decoding", config, trained["model_dir"])}
+        return {"skipped": False, "folder": run_report(name, config, trained["model_dir"])}
     except Exception as err:  # noqa: BLE001 - reports are insight, not a gate
-        return {"skipped": False, "warning": f"decoding report failed: {type(err).__name__}: {err}"}
+        return {"skipped": False, "warning": f"{name} report failed: {type(err).__name__}: {err}"}
 
 
-def _evaluate(trained: dict, champion_dir: str | None, dataset_dir: str) -> dict:
+def _evaluate(config, trained: dict, champion_dir: str | None, dataset_dir: str) -> dict:
+    """The promotion metric of the new model and the champion on the same test data:
+    perplexity for language models, greedy BLEU for sequence-to-sequence models."""
+    if config.model.kind == "seq2seq":
+        return _evaluate_bleu(trained, champion_dir, dataset_dir)
+    scores = {"metric": "test_ppl", "higher_is_better": False, "new": trained["test_ppl"], "champion": None}
     if champion_dir is None:
-        return {"new_test_ppl": trained["test_ppl"], "champion_test_ppl": None}
+        return scores
     from trainer.data import load_token_stream
     from trainer.evaluation import evaluate
     from trainer.train_run import load_trained_model
@@ -196,9 +207,30 @@ def _evaluate(trained: dict, champion_dir: str | None, dataset_dir: str) -> dict
 
         mapping = np.array([index.get(token, UNK_ID) for token in ours], np.int32)
         stream = mapping[stream]
-    champion_ppl = evaluate(load_trained_model(champion_dir), stream).perplexity
-    return {"new_test_ppl": trained["test_ppl"], "champion_test_ppl": champion_ppl,
-            "same_vocabulary": ours == theirs}
+    scores.update(champion=evaluate(load_trained_model(champion_dir), stream).perplexity, same_vocabulary=ours == theirs)
+    return scores
+
+
+def _evaluate_bleu(trained: dict, champion_dir: str | None, dataset_dir: str) -> dict:
+    """Greedy test BLEU of both models; the champion reads the test sources as text through
+    its own tokenizers (its vocabulary may differ), and both are scored against the same
+    references."""
+    from pipeline.pair_records import pair_tokenizers
+    from serving.translation_eval import corpus_bleu, source_texts
+    from trainer.pairs_data import load_pairs
+    from trainer.train_run import load_trained_model
+
+    pairs = load_pairs(dataset_dir, "test")
+    tokenizers = pair_tokenizers(trained["model_dir"])
+    new = corpus_bleu(load_trained_model(trained["model_dir"]), tokenizers, pairs)
+    scores = {"metric": "test_bleu_greedy", "higher_is_better": True, "new": new.score, "champion": None,
+              "bleu_signature": new.signature}
+    if champion_dir is not None:
+        theirs = pair_tokenizers(champion_dir)
+        champion = corpus_bleu(load_trained_model(champion_dir), theirs, pairs,
+                               source_texts=source_texts(tokenizers["source"], pairs))
+        scores["champion"] = champion.score
+    return scores
 
 
 def _export(config, model_dir: str) -> dict:
@@ -223,17 +255,21 @@ def _export(config, model_dir: str) -> dict:
 def _promote(config, registry, trained: dict, scores: dict, exported: dict) -> dict:
     version = trained["version"]
     registry.set_tag(version, "export_version", str(exported["version"]))
-    champion_ppl, new_ppl = scores["champion_test_ppl"], scores["new_test_ppl"]
+    metric, champion, new = scores["metric"], scores["champion"], scores["new"]
+    registry.set_tag(version, metric, f"{new:.4f}")
+    margin = config.promote.min_improvement
+    better = (new > champion * (1 + margin) if scores["higher_is_better"] else new < champion * (1 - margin)
+              ) if champion is not None else True
     if not exported["check_ok"]:
         decision, reason = "failed_check", "the export failed the serving check: " + "; ".join(exported["problems"])
-    elif champion_ppl is None:
-        decision, reason = "promoted", f"first model: test ppl {new_ppl:.2f}"
-    elif new_ppl < champion_ppl * (1 - config.promote.min_improvement):
-        decision, reason = "promoted", (f"test ppl {new_ppl:.2f} beats the champion's {champion_ppl:.2f} "
-                                        f"(min improvement {config.promote.min_improvement:.1%})")
+    elif champion is None:
+        decision, reason = "promoted", f"first model: {metric} {new:.2f}"
+    elif better:
+        decision, reason = "promoted", (f"{metric} {new:.2f} beats the champion's {champion:.2f} "
+                                        f"(min improvement {margin:.1%})")
     else:
-        decision, reason = "not_better", (f"test ppl {new_ppl:.2f} does not beat the champion's "
-                                          f"{champion_ppl:.2f} by {config.promote.min_improvement:.1%}")
+        decision, reason = "not_better", (f"{metric} {new:.2f} does not beat the champion's "
+                                          f"{champion:.2f} by {margin:.1%}")
     registry.set_tag(version, "decision", decision)
     registry.set_alias("champion" if decision == "promoted" else "challenger", version)
     return {"decision": decision, "reason": reason, "version": version}

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import tensorflow as tf
 
 from pipeline.constants import EOS_ID
-from serving.generate import prime, seen_tokens
+from serving.generate import output_prefix, prime, seen_tokens
 from serving.knobs import Knobs
 from serving.logits_processors import NEG_INF, apply_processors
 
@@ -56,10 +56,11 @@ def beam_search(model, prompt_ids, prompt_lengths, knobs: Knobs) -> BeamOutput:
         return tf.repeat(x, width, axis=0)  # row b, beam w -> b * W + w
 
     flat_knobs = Knobs(*[tile(k) for k in knobs])
-    history = tile(tf.pad(prompt_ids, [[0, 0], [0, max_new]]))
+    prefix_ids, prefix_lengths = output_prefix(model, prompt_ids, prompt_lengths)
+    history = tile(tf.pad(prefix_ids, [[0, 0], [0, max_new]]))
     last_slot = tf.shape(history)[1] - 1
-    cur_len = tile(prompt_lengths)
-    seen = tile(seen_tokens(prompt_ids, prompt_lengths, vocab))
+    cur_len = tile(prefix_lengths)
+    seen = tile(seen_tokens(prefix_ids, prefix_lengths, vocab))
     logits, states = tile(logits), [tile(s) for s in states]
     beam_index = tf.range(width)[None, :]
     in_width = beam_index < widths[:, None]  # [B, W]

@@ -26,8 +26,9 @@ class ServingError(RuntimeError):
         self.message = message
 
 
-def request_instances(prompts: list[str], method: str, **knobs) -> list[dict]:
-    """Row-format instances for `method`'s signature: every knob it takes, defaults filled."""
+def request_instances(prompts: list[str], method: str, input_name: str = "prompt", **knobs) -> list[dict]:
+    """Row-format instances for `method`'s signature: every knob it takes, defaults filled.
+    `input_name`: "prompt" (language models) or "source" (sequence-to-sequence models)."""
     if method not in SIGNATURE_KNOBS:
         raise ValueError(f"unknown method {method!r}; choose one of {sorted(SIGNATURE_KNOBS)}")
     names = SIGNATURE_KNOBS[method]
@@ -35,7 +36,7 @@ def request_instances(prompts: list[str], method: str, **knobs) -> list[dict]:
     if unknown:
         raise ValueError(f"{method} does not take {sorted(unknown)}; it takes {list(names)}")
     row = {name: knobs.get(name, KNOB_SPECS[name][1]) for name in names}
-    return [{"prompt": prompt, **row} for prompt in prompts]
+    return [{input_name: prompt, **row} for prompt in prompts]
 
 
 class ServingClient:
@@ -55,8 +56,13 @@ class ServingClient:
         return self._call("POST", self.base + ":predict", body)
 
     def generate(self, prompts: list[str], method: str = "top_p", **knobs) -> list[dict]:
-        """One prediction per prompt: text, token_ids, lengths, log_prob."""
-        return self.predict(method, request_instances(prompts, method, **knobs))["predictions"]
+        """One prediction per prompt (or source): text, token_ids, lengths, log_prob."""
+        return self.predict(method, request_instances(prompts, method, self.prompt_input(method), **knobs))["predictions"]
+
+    def prompt_input(self, method: str) -> str:
+        """"source" when the model's `method` signature takes sources (seq2seq), else "prompt"."""
+        signature = self.metadata()["metadata"]["signature_def"]["signature_def"].get(method, {})
+        return "source" if "source" in signature.get("inputs", {}) else "prompt"
 
     def score(self, texts: list[str]) -> list[dict]:
         return self.predict("score", [{"text": t} for t in texts])["predictions"]

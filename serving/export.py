@@ -2,7 +2,8 @@
 
     <base_path>/<model_name>/<version>/
         saved_model.pb, variables/          signatures of GenerationModule
-        assets/vocab.txt                    the tokenizer's vocabulary (a SavedModel asset)
+        assets/vocab.txt                    the tokenizer's vocabulary (a SavedModel asset;
+                                            seq2seq: source_ and target_vocab.txt, or one)
         assets.extra/tf_serving_warmup_requests   one PredictionLog per signature
         assets.extra/lmpipe_export.json     versions (tensorflow, tensorflow-text), metrics
 
@@ -27,8 +28,10 @@ import uuid
 import tensorflow as tf
 
 from pipeline.errors import InputDataError
+from pipeline.pair_records import pair_tokenizers
 from pipeline.tokenizer import Tokenizer
 from serving.generation_module import GenerationModule
+from serving.seq2seq_module import Seq2SeqGenerationModule
 from serving.warmup import WARMUP_FILE, write_warmup_requests
 
 EXPORT_META = "lmpipe_export.json"
@@ -50,13 +53,16 @@ def existing_versions(model_base: str) -> list[int]:
 def export_model(model_dir: str, base_path: str, model_name: str, default_signature: str = "top_p",
                  max_new_tokens: int = 256) -> ExportResult:
     """Exports the finished training run in `model_dir` (see trainer.train_run)."""
-    from trainer.train_run import METRICS, load_trained_model  # the trainer's output contract
+    from trainer.train_run import METRICS, load_trained_model, model_kind  # the trainer's output contract
 
     if not os.path.exists(os.path.join(model_dir, METRICS)):
         raise InputDataError(
             f"no finished training run in {model_dir} (metrics.json missing); run lmpipe train first")
     model = load_trained_model(model_dir)
-    module = GenerationModule(model, Tokenizer.from_dir(model_dir), max_new_tokens=max_new_tokens)
+    if model_kind(model_dir) == "seq2seq":
+        module = Seq2SeqGenerationModule(model, pair_tokenizers(model_dir), max_new_tokens=max_new_tokens)
+    else:
+        module = GenerationModule(model, Tokenizer.from_dir(model_dir), max_new_tokens=max_new_tokens)
     signatures = module.signatures()
     signatures["serving_default"] = signatures[default_signature]
     model_base = os.path.join(base_path, model_name)
@@ -81,6 +87,7 @@ def _write_meta(folder, model_dir, default_signature, max_new_tokens, signatures
         "tensorflow": tf.__version__,
         "tensorflow_text": tensorflow_text.__version__,
         "signatures": signatures,
+        "kind": metrics.get("kind", "lm"),
         "default_signature": default_signature,
         "max_new_tokens": max_new_tokens,
         "source_model_dir": os.path.abspath(model_dir),

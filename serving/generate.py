@@ -50,6 +50,16 @@ def prime(model, prompt_ids, prompt_lengths):
     return last, states
 
 
+def output_prefix(model, prompt_ids, prompt_lengths):
+    """What the output continues, for history-based rules and positions: the prompt for a
+    language model; nothing for a model whose prompt is another sequence (a seq2seq
+    source, `model.prompt_is_prefix = False`, whose ids are not even target ids)."""
+    if getattr(model, "prompt_is_prefix", True):
+        return prompt_ids, prompt_lengths
+    batch = tf.shape(prompt_ids)[0]
+    return tf.zeros([batch, 0], tf.int32), tf.zeros([batch], tf.int32)
+
+
 def seen_tokens(prompt_ids, prompt_lengths, vocab):
     """[B, V] float32: 1 where a token occurs in the prompt."""
     mask = tf.sequence_mask(prompt_lengths, tf.shape(prompt_ids)[1])
@@ -65,9 +75,10 @@ def generate(model, prompt_ids, prompt_lengths, knobs: Knobs, strategy) -> Decod
     prompt_lengths = tf.cast(prompt_lengths, tf.int32)
     batch = tf.shape(prompt_ids)[0]
     max_new = tf.maximum(tf.reduce_max(knobs.max_new_tokens), 0)
-    history = tf.pad(prompt_ids, [[0, 0], [0, max_new]])
-    last_slot = tf.shape(history)[1] - 1
     logits, states = prime(model, prompt_ids, prompt_lengths)
+    prefix_ids, prefix_lengths = output_prefix(model, prompt_ids, prompt_lengths)
+    history = tf.pad(prefix_ids, [[0, 0], [0, max_new]])
+    last_slot = tf.shape(history)[1] - 1
     vocab = tf.shape(logits)[1]
     rows = tf.range(batch)
     uses_seen = tf.reduce_any(tf.not_equal(knobs.repetition_penalty, 1.0))  # only the penalty reads it
@@ -94,11 +105,11 @@ def generate(model, prompt_ids, prompt_lengths, knobs: Knobs, strategy) -> Decod
         logits, states = model.step(token, states)
         return t + 1, finished, history, cur_len, generated, log_prob, seen, logits, states
 
-    init = (tf.constant(0), knobs.max_new_tokens <= 0, history, prompt_lengths, tf.zeros([batch], tf.int32),
-            tf.zeros([batch], tf.float32), seen_tokens(prompt_ids, prompt_lengths, vocab), logits, states)
+    init = (tf.constant(0), knobs.max_new_tokens <= 0, history, prefix_lengths, tf.zeros([batch], tf.int32),
+            tf.zeros([batch], tf.float32), seen_tokens(prefix_ids, prefix_lengths, vocab), logits, states)
     _, _, history, _, generated, log_prob, _, _, _ = tf.while_loop(
         cond, body, init, maximum_iterations=max_new)
-    positions = prompt_lengths[:, None] + tf.range(max_new)[None, :]
+    positions = prefix_lengths[:, None] + tf.range(max_new)[None, :]
     tokens = tf.gather(history, tf.minimum(positions, last_slot), batch_dims=1)
     tokens = tf.where(tf.range(max_new)[None, :] < generated[:, None], tokens, PAD_ID)
     return DecodeOutput(tokens, generated, log_prob)

@@ -56,6 +56,8 @@ def input_specs(signature: str) -> dict[str, tf.TensorSpec]:
 class GenerationModule(tf.Module):
     """Raw strings in, generated strings out; everything in the graph."""
 
+    prompt_input = "prompt"  # the name of the strings input of generation signatures
+
     def __init__(self, model, tokenizer: Tokenizer, max_new_tokens: int) -> None:
         super().__init__(name="lmpipe_generation")
         self.model = model
@@ -115,7 +117,7 @@ class GenerationModule(tf.Module):
 
         @tf.function
         def fn(**inputs):  # keyword-only, so every input is named in the signature
-            prompt = inputs.pop("prompt")
+            prompt = inputs.pop(self.prompt_input)
             batch = tf.shape(prompt)[0]
             knobs = Knobs.from_inputs(inputs, batch)
             with tf.control_dependencies(self._check(batch, knobs, names)):
@@ -124,14 +126,18 @@ class GenerationModule(tf.Module):
                 out = beam_search(self.model, ids, lengths, knobs)
             else:
                 out = generate(self.model, ids, lengths, knobs, get_strategy(name))
-            return {
-                "text": self._texts(out.token_ids, out.lengths),
-                "token_ids": out.token_ids,
-                "lengths": out.lengths,
-                "log_prob": out.log_prob,
-            }
+            return self._outputs(name, ids, lengths, out)
 
         return fn
+
+    def _outputs(self, name, ids, lengths, out) -> dict[str, tf.Tensor]:
+        """A signature's outputs from the decoder's; `ids`, `lengths`: its prompts."""
+        return {
+            "text": self._texts(out.token_ids, out.lengths),
+            "token_ids": out.token_ids,
+            "lengths": out.lengths,
+            "log_prob": out.log_prob,
+        }
 
     def score_function(self):
         """The tf.function of the `score` signature."""

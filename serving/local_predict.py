@@ -19,3 +19,16 @@ def predict_local(export_dir: str, signature: str, instances: list[dict]) -> lis
     specs = fn.structured_input_signature[1]
     tensors = to_tensors(columns(instances, "row", sorted(specs)), specs)
     return format_response(fn(**tensors), "row")["predictions"]
+
+
+def prompt_input(export_dir: str, signature: str) -> str:
+    """"source" when the export is a sequence-to-sequence model (its metadata says so), else
+    "prompt": the name of the strings input of every generation signature."""
+    import json
+    import os
+
+    meta_path = os.path.join(export_dir, "assets.extra", "lmpipe_export.json")
+    if not os.path.exists(meta_path):
+        return "prompt"
+    with open(meta_path) as f:
+        return "source" if json.load(f).get("kind") == "seq2seq" else "prompt"

@@ -82,7 +82,7 @@ def test_new_data_is_promoted_only_when_better(tmp_path):
     m = _manifest(tmp_path)
     assert m["decision"] == "promoted" and str(m["champion_before"]) == "1"
     evaluate = next(s for s in m["stages"] if s["stage"] == "evaluate")
-    assert evaluate["new_test_ppl"] < evaluate["champion_test_ppl"]  # both on the new test data
+    assert evaluate["metric"] == "test_ppl" and evaluate["new"] < evaluate["champion"]  # both on the new test data
     assert str(registry.get_model_version_by_alias("lm", "champion").version) == "3"
     config = read_models_config(str(tmp_path / "export"))
     assert config["labels"] == {"stable": 3} and config["versions"] == [3]

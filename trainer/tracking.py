@@ -138,3 +138,15 @@ def log_report_artifacts(uri: str, run_id: str, folder: str, artifact_path: str)
     except Exception as err:  # noqa: BLE001 - a report must not fail for tracking
         print(f"lmpipe: warning: could not log {folder} to MLflow run {run_id} at {uri}: {err}", file=sys.stderr)
         return False
+
+
+def log_run_metrics(uri: str, run_id: str, metrics: dict[str, float]) -> bool:
+    """Adds metrics to a finished run; False (with a warning) on failure."""
+    try:
+        client = MlflowClient(uri)
+        for key, value in metrics.items():
+            client.log_metric(run_id, key, float(value))
+        return True
+    except Exception as err:  # noqa: BLE001 - a report must not fail for tracking
+        print(f"lmpipe: warning: could not log metrics to MLflow run {run_id} at {uri}: {err}", file=sys.stderr)
+        return False

@@ -35,6 +35,9 @@ from trainer.curves import plot_learning_curves
 from trainer.data import load_token_stream, num_windows
 from trainer.distribute import make_strategy
 from trainer.language_model import build_language_model
+from trainer.pairs_data import load_pairs
+from trainer.seq2seq_model import build_seq2seq_model
+from trainer.seq2seq_training import Seq2SeqTrainer
 from trainer.tracking import RunTracker
 from trainer.training import Trainer
 
@@ -53,21 +56,50 @@ class TrainResult:
     skipped: bool
 
 
-def model_config_for(config: PipelineConfig, vocab_size: int) -> dict:
+_LM_MODEL_KEYS = ("cell", "embedding_dim", "hidden_dim", "num_layers", "dropout", "recurrent_dropout",
+                  "tie_embeddings")
+
+
+def model_config_for(config: PipelineConfig, stats: dict) -> dict:
+    """The constructor arguments of the model `config` describes (model_config.json)."""
     m = config.model
-    return {
-        "vocab_size": vocab_size, "embedding_dim": m.embedding_dim, "hidden_dim": m.hidden_dim,
-        "num_layers": m.num_layers, "cell": m.cell, "dropout": m.dropout,
-        "recurrent_dropout": m.recurrent_dropout, "tie_embeddings": m.tie_embeddings,
-        "init_scale": config.train.init_scale, "precision": config.train.precision,
+    common = {
+        "embedding_dim": m.embedding_dim, "hidden_dim": m.hidden_dim, "num_layers": m.num_layers,
+        "cell": m.cell, "dropout": m.dropout, "recurrent_dropout": m.recurrent_dropout,
+        "tie_embeddings": m.tie_embeddings, "init_scale": config.train.init_scale,
+        "precision": config.train.precision,
     }
+    if m.kind == "lm":
+        return {"vocab_size": stats["vocab_size"], **common}
+    return {
+        "kind": "seq2seq", **_pair_vocab_sizes(stats), **common,
+        "encoder_layers": m.encoder_layers or m.num_layers, "attention": m.attention,
+        "attention_score": m.attention_score, "bidirectional_encoder": m.bidirectional_encoder,
+        "input_feeding": m.input_feeding,
+    }
+
+
+def _pair_vocab_sizes(stats: dict) -> dict:
+    return {f"{side}_vocab_size": stats["vocab"][side]["size"] for side in ("source", "target")}
+
+
+def build_model(model_config: dict):
+    """A built LanguageModel or Seq2SeqModel from `model_config.json`'s content."""
+    if model_config.get("kind", "lm") == "seq2seq":
+        return build_seq2seq_model(model_config)
+    return build_language_model(model_config)
 
 
 def run_dir_for(config: PipelineConfig, fingerprint: str, start_from: str = "") -> str:
     """`train.output_dir/<key>`: the key covers the data, everything that changes training,
     and `start_from` (the run key of warm-start weights, if any)."""
     train = config.train.model_dump(exclude={"output_dir", "checkpoint_every", "warm_start"})
-    body = json.dumps({"data": fingerprint, "model": config.model.model_dump(), "train": train,
+    model = config.model.model_dump()
+    if config.model.kind == "lm":  # the language model's keys only: older run keys stay valid
+        model = {k: model[k] for k in _LM_MODEL_KEYS}
+    if config.train.distribute == "none":
+        train.pop("distribute")
+    body = json.dumps({"data": fingerprint, "model": model, "train": train,
                        "start_from": start_from}, sort_keys=True)
     return os.path.join(config.train.output_dir, hashlib.sha256(body.encode()).hexdigest()[:16])
 
@@ -87,19 +119,23 @@ def train_language_model(config: PipelineConfig, dataset_dir: str, verbose: bool
     model_dir = os.path.join(run_dir, MODEL_DIR)
     if os.path.exists(os.path.join(model_dir, METRICS)):
         return TrainResult(run_dir, model_dir, _read_json(os.path.join(model_dir, METRICS)), True)
-    streams = {s: load_token_stream(dataset_dir, s) for s in ("train", "valid", "test")}
+    seq2seq = config.model.kind == "seq2seq"
+    _check_dataset_kind(config, stats, dataset_dir)
+    streams = {s: (load_pairs if seq2seq else load_token_stream)(dataset_dir, s) for s in ("train", "valid", "test")}
     global_batch = config.train.batch_size * strategy.num_replicas_in_sync
-    if len(streams["train"]) < global_batch * 2 + 1:
+    if len(streams["train"]) < (global_batch if seq2seq else global_batch * 2 + 1):
+        unit = "pairs" if seq2seq else "tokens"
         raise InputDataError(
-            f"the train split has {len(streams['train'])} tokens, too few for a global batch of "
+            f"the train split has {len(streams['train'])} {unit}, too few for a global batch of "
             f"{global_batch} (train.batch_size={config.train.batch_size} x "
             f"{strategy.num_replicas_in_sync} replicas); lower the batch size or add text")
     os.makedirs(run_dir, exist_ok=True)
-    model_config = model_config_for(config, stats["vocab_size"])
+    model_config = model_config_for(config, stats)
     keras.utils.set_random_seed(config.train.seed)  # the same config gives the same initial weights
     with strategy.scope():
-        model = build_language_model(model_config)
-    trainer = Trainer(model, config.train, run_dir, verbose=verbose, strategy=strategy)
+        model = build_model(model_config)
+    trainer_class = Seq2SeqTrainer if seq2seq else Trainer
+    trainer = trainer_class(model, config.train, run_dir, verbose=verbose, strategy=strategy)
     resumed = trainer.restore()
     if warm_start_dir and not resumed:
         model.load_weights(os.path.join(warm_start_dir, WEIGHTS))
@@ -110,10 +146,12 @@ def train_language_model(config: PipelineConfig, dataset_dir: str, verbose: bool
     tracker = RunTracker(config.tracking.uri, config.tracking.experiment)
     run_id = _previous_run_id(run_dir) if resumed else None
     params = {**flatten_config(config), "param_count": model.count_params(), "dataset_dir": dataset_dir}
-    run_id = tracker.start(f"{config.model.cell}-{os.path.basename(run_dir)}", params, _tags(stats), run_id)
+    name = "seq2seq" if seq2seq else config.model.cell
+    run_id = tracker.start(f"{name}-{os.path.basename(run_dir)}", params, _tags(stats), run_id)
     _write_text(os.path.join(run_dir, _RUN_ID_FILE), run_id)
     if verbose:
-        print(f"training {config.model.cell} LM ({model.count_params():,} parameters) in {run_dir}"
+        print(f"training {'seq2seq model' if seq2seq else config.model.cell + ' LM'} "
+              f"({model.count_params():,} parameters) in {run_dir}"
               + (" (resumed)" if resumed else "") + f"; MLflow run {run_id}", flush=True)
 
     def on_epoch_end(record: dict) -> None:
@@ -133,7 +171,9 @@ def train_language_model(config: PipelineConfig, dataset_dir: str, verbose: bool
         "valid_ppl": valid.perplexity, "test_ppl": test.perplexity, "valid_loss": valid.loss,
         "test_loss": test.loss, "test_bits_per_token": test.bits_per_token,
         "test_tokens": test.tokens, "epochs": len(history), "param_count": model.count_params(),
-        "train_steps_per_epoch": num_windows(len(streams["train"]), global_batch, config.train.bptt),
+        "train_steps_per_epoch": (None if seq2seq else
+                                  num_windows(len(streams["train"]), global_batch, config.train.bptt)),
+        "kind": config.model.kind,
         "replicas": strategy.num_replicas_in_sync, "global_batch": global_batch,
         "mlflow_run_id": run_id, "dataset_dir": dataset_dir, "fingerprint": stats["fingerprint"],
         "run_key": os.path.basename(run_dir), "warm_start_from": start_from or None,
@@ -174,7 +214,7 @@ def _write_model_dir(model_dir, model, model_config, metrics, history, dataset_d
     os.makedirs(tmp)
     _write_text(os.path.join(tmp, MODEL_CONFIG), json.dumps(model_config, indent=2) + "\n")
     model.save_weights(os.path.join(tmp, WEIGHTS))
-    for name in (VOCAB_FILE, TOKENIZER_FILE, STATS_FILE):
+    for name in dataset_files(dataset_dir):
         shutil.copy(os.path.join(dataset_dir, name), os.path.join(tmp, name))
     _write_text(os.path.join(tmp, "history.json"), json.dumps(history, indent=2) + "\n")
     plot_learning_curves(history, os.path.join(tmp, "learning_curves.png"))
@@ -184,9 +224,33 @@ def _write_model_dir(model_dir, model, model_config, metrics, history, dataset_d
     os.replace(tmp, model_dir)
 
 
+def dataset_files(dataset_dir: str) -> list[str]:
+    """The dataset's files a model folder carries for export: stats, and the vocabulary
+    and tokenizer files (one pair, or a source and a target pair)."""
+    names = [STATS_FILE]
+    for prefix in ("", "source_", "target_"):
+        if os.path.exists(os.path.join(dataset_dir, prefix + VOCAB_FILE)):
+            names += [prefix + VOCAB_FILE, prefix + TOKENIZER_FILE]
+    return names
+
+
+def model_kind(model_dir: str) -> str:
+    """"lm" or "seq2seq": the kind of a finished run's model folder."""
+    return _read_json(os.path.join(model_dir, MODEL_CONFIG)).get("kind", "lm")
+
+
+def _check_dataset_kind(config: PipelineConfig, stats: dict, dataset_dir: str) -> None:
+    pairs = stats.get("kind") == "pairs"
+    if pairs != (config.model.kind == "seq2seq"):
+        have = "pairs" if pairs else "a text stream"
+        raise InputDataError(
+            f"model.kind={config.model.kind} cannot train on {dataset_dir}, which holds {have}; use "
+            + ("model.kind: seq2seq" if pairs else "data.format: pairs | pairs_tsv | pairs_jsonl with model.kind: seq2seq"))
+
+
 def load_trained_model(model_dir: str):
-    """The LanguageModel of a finished run's `model/` folder, weights loaded."""
-    model = build_language_model(_read_json(os.path.join(model_dir, MODEL_CONFIG)))
+    """The LanguageModel or Seq2SeqModel of a finished run's `model/` folder, weights loaded."""
+    model = build_model(_read_json(os.path.join(model_dir, MODEL_CONFIG)))
     model.load_weights(os.path.join(model_dir, WEIGHTS))
     return model
 

@@ -93,8 +93,7 @@ class Trainer:
             self.optimizer = make_optimizer(config, model.precision)
             self.optimizer.build(model.trainable_variables)
         # Bookkeeping lives outside the strategy: every worker keeps an identical copy.
-        zeros = model.initial_state(self.global_batch)
-        self._carried = [tf.Variable(z, trainable=False) for z in zeros]  # all replicas' rows
+        self._carried = [tf.Variable(z, trainable=False) for z in self._zero_states()]  # all replicas' rows
         self._epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
         self._step = tf.Variable(0, dtype=tf.int64, trainable=False)  # batches done in this epoch
         self._global_step = tf.Variable(0, dtype=tf.int64, trainable=False)
@@ -116,7 +115,42 @@ class Trainer:
         self._manager = tf.train.CheckpointManager(self._checkpoint, write_dir, max_to_keep=2)
         self.run_dir = run_dir
         self._train_step = self._make_train_step()
-        self._eval_step = make_eval_step(model)
+        self._eval_step = self._make_eval_step()
+
+    # ---- what a model kind supplies (this class: the language model, truncated BPTT) ----
+
+    def _zero_states(self) -> list[tf.Tensor]:
+        """The carried state at the start of an epoch (all replicas' rows)."""
+        return self.model.initial_state(self.global_batch)
+
+    def _make_eval_step(self):
+        return make_eval_step(self.model)
+
+    def _replica_loss(self, batch, states, seed, replicas):
+        """One replica's share of the global batch -> (nll [..], weights [..] or None,
+        normalizer, new states); the loss is sum(nll * weights) / normalizer."""
+        x, y = batch
+        rows = tf.shape(x)[0] // replicas
+        first = tf.cast(tf.distribute.get_replica_context().replica_id_in_sync_group, tf.int32) * rows
+        x, y = x[first:first + rows], y[first:first + rows]
+        states = [s[first:first + rows] for s in states]
+        logits, new_states = self.model(x, states, training=True, seed=seed)
+        nll = tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits)
+        # Zaremba et al.: summed over the window, averaged over the (global) batch.
+        return nll, None, tf.cast(rows * replicas, nll.dtype), new_states
+
+    def _epoch_batches(self, train_data, epoch: int, skip: int) -> tf.data.Dataset:
+        return bptt_dataset(train_data, self.global_batch, self.config.bptt, skip=skip)
+
+    def _steps_per_epoch(self, train_data) -> int | None:
+        return num_windows(len(train_data), self.global_batch, self.config.bptt)
+
+    def _run_batch(self, batch, seed):
+        """Runs the compiled step on one batch: (nll sum, predicted tokens)."""
+        nll, count, states = self._train_step(*batch, [v.value() for v in self._carried], seed)
+        for var, s in zip(self._carried, states):
+            var.assign(s)
+        return nll, count
 
     @property
     def history(self) -> list[dict]:
@@ -139,21 +173,17 @@ class Trainer:
         so that every worker holds the whole picture (and the chief can checkpoint it).
         """
         model, optimizer, clip, strategy = self.model, self.optimizer, self.config.clip_norm, self.strategy
-        replicas, global_batch = self.replicas, self.global_batch
+        replicas = self.replicas
         loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
-        def replica_step(x, y, states, seed):
+        def replica_step(batch, states, seed):
             ctx = tf.distribute.get_replica_context()
-            rows = tf.shape(x)[0] // replicas
-            first = tf.cast(ctx.replica_id_in_sync_group, tf.int32) * rows
-            x, y = x[first:first + rows], y[first:first + rows]
-            states = [s[first:first + rows] for s in states]
             seed = seed + tf.stack([0, 7919 * tf.cast(ctx.replica_id_in_sync_group, tf.int32)])
             with tf.GradientTape() as tape:
-                logits, new_states = model(x, states, training=True, seed=seed)
-                nll = tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits)
-                # Zaremba et al.: summed over the window, averaged over the (global) batch.
-                loss = tf.reduce_sum(nll) / tf.cast(rows * replicas, nll.dtype)
+                nll, weights, normalizer, new_states = self._replica_loss(batch, states, seed, replicas)
+                if weights is not None:
+                    nll = nll * tf.cast(weights, nll.dtype)
+                loss = tf.reduce_sum(nll) / tf.cast(normalizer, nll.dtype)
                 if loss_scaled:
                     loss = optimizer.scale_loss(loss)
             # Dense gradients: Keras' Adam squares the rows of sparse (IndexedSlices)
@@ -167,15 +197,17 @@ class Trainer:
             if replicas > 1:
                 grads = [g / replicas for g in grads]
             optimizer.apply_gradients(zip(grads, model.trainable_variables))
-            sums = tf.stack([tf.reduce_sum(tf.cast(nll, tf.float64)), tf.cast(tf.size(nll), tf.float64)])
+            count = tf.size(nll) if weights is None else tf.reduce_sum(tf.cast(weights, tf.int32))
+            sums = tf.stack([tf.reduce_sum(tf.cast(nll, tf.float64)), tf.cast(count, tf.float64)])
             if replicas > 1:
                 sums = ctx.all_reduce(tf.distribute.ReduceOp.SUM, sums)
                 new_states = [ctx.all_gather(s, axis=0) for s in new_states]
             return sums, new_states
 
         @tf.function(reduce_retracing=True)
-        def train_step(x, y, states, seed):
-            sums, new_states = strategy.run(replica_step, args=(x, y, states, seed))
+        def train_step(*args):
+            *batch, states, seed = args
+            sums, new_states = strategy.run(replica_step, args=(tuple(batch), states, seed))
             local = strategy.experimental_local_results
             sums = local(sums)[0]
             new_states = [local(s)[0] for s in new_states]
@@ -197,7 +229,7 @@ class Trainer:
         """
         cfg = self.config
         self.restore()
-        steps_per_epoch = num_windows(len(train_stream), self.global_batch, cfg.bptt)
+        steps_per_epoch = self._steps_per_epoch(train_stream)
         while int(self._epoch.numpy()) < cfg.epochs and not self._should_stop():
             epoch = int(self._epoch.numpy())
             lr = learning_rate_for(cfg, epoch)
@@ -205,16 +237,14 @@ class Trainer:
             started = time.perf_counter()
             skip = int(self._step.numpy())
             if skip == 0:
-                for var, zero in zip(self._carried, self.model.initial_state(self.global_batch)):
+                for var, zero in zip(self._carried, self._zero_states()):
                     var.assign(zero)  # a new epoch starts from zero state
             bar = keras.utils.Progbar(steps_per_epoch, verbose=(1 if sys.stdout.isatty() else 2) if self.verbose else 0,
                                       stateful_metrics=["ppl", "tok/s", "lr"])
             seen = 0
-            for x, y in bptt_dataset(train_stream, self.global_batch, cfg.bptt, skip=skip):
+            for batch in self._epoch_batches(train_stream, epoch, skip):
                 seed = tf.stack([tf.constant(cfg.seed, tf.int64), self._global_step])
-                nll, count, states = self._train_step(x, y, [v.value() for v in self._carried], tf.cast(seed, tf.int32))
-                for var, s in zip(self._carried, states):
-                    var.assign(s)
+                nll, count = self._run_batch(batch, tf.cast(seed, tf.int32))
                 self._nll.assign_add(nll)
                 self._tokens.assign_add(count)
                 self._tokens_seen.assign_add(count)

@@ -42,3 +42,12 @@ def report_dir(base: str, name: str) -> str:
     folder = os.path.join(base, name)
     os.makedirs(folder, exist_ok=True)
     return folder
+
+
+def log_metrics_to_run(tracking_uri: str, run_id: str | None, metrics: dict[str, float]) -> bool:
+    """Adds metrics (such as BLEU) to the model's finished MLflow run."""
+    if not run_id:
+        return False
+    from trainer.tracking import log_run_metrics
+
+    return log_run_metrics(tracking_uri, run_id, metrics)

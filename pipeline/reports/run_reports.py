@@ -14,9 +14,10 @@ import numpy as np
 
 from pipeline.config import PipelineConfig
 from pipeline.constants import EOS_ID
-from pipeline.reports.report_files import log_to_run
+from pipeline.reports.report_files import log_metrics_to_run, log_to_run
 
-REPORTS = ("gradients", "gates", "decoding")
+REPORTS = ("gradients", "gates", "decoding", "translation")
+SEQ2SEQ_REPORTS = ("translation",)
 
 
 def test_prompts(tokenizer, dataset_dir: str, count: int = 16, words: int = 4) -> list[str]:
@@ -37,13 +38,30 @@ def test_prompts(tokenizer, dataset_dir: str, count: int = 16, words: int = 4) -
 def run_report(name: str, config: PipelineConfig, model_dir: str, text: str | None = None) -> str:
     """Writes report `name` under `<run dir>/reports/` and logs it to the model's MLflow run."""
     from pipeline.tokenizer import Tokenizer
-    from trainer.train_run import load_trained_model
+    from trainer.train_run import load_trained_model, model_kind
 
     if name not in REPORTS:
         raise ValueError(f"unknown report {name!r}; choose one of {REPORTS}")
     with open(os.path.join(model_dir, "metrics.json")) as f:
         metrics = json.load(f)
     out_base = os.path.join(os.path.dirname(os.path.abspath(model_dir)), "reports")
+    seq2seq = model_kind(model_dir) == "seq2seq"
+    if seq2seq != (name in SEQ2SEQ_REPORTS):
+        kind = "sequence-to-sequence" if seq2seq else "language"
+        fits = SEQ2SEQ_REPORTS if seq2seq else tuple(r for r in REPORTS if r not in SEQ2SEQ_REPORTS)
+        raise ValueError(f"the {name} report does not fit a {kind} model; choose one of {fits}")
+    if name == "translation":
+        from pipeline.pair_records import pair_tokenizers
+        from pipeline.reports.translation import translation_report
+
+        summary = translation_report(load_trained_model(model_dir), pair_tokenizers(model_dir),
+                                     metrics["dataset_dir"], out_base)
+        folder = os.path.join(out_base, name)
+        log_metrics_to_run(config.tracking.uri, metrics.get("mlflow_run_id"), {
+            f"{split}_bleu_{method}": summary[split][method]["bleu"]
+            for split in summary for method in ("greedy", "beam_search")})
+        log_to_run(folder, config.tracking.uri, metrics.get("mlflow_run_id"), name)
+        return folder
     tokenizer = Tokenizer.from_dir(model_dir)
     if name == "gradients":
         from pipeline.reports.gradient_flow import gradient_flow_report
