@@ -105,8 +105,8 @@ def pair_batches(
             `drop_remainder`).
         bucket_boundaries: ascending lengths that separate buckets (by the longer side,
             <eos> counted); "auto": `auto_bucket_boundaries`; None or []: one bucket.
-        shuffle: reshuffle the pairs every epoch (seeded) before bucketing.
-        seed: the shuffle seed.
+        shuffle: shuffle the pairs (by `seed` alone) before bucketing.
+        seed: the shuffle seed (give each epoch its own).
         with_pair: also yield each row's `pair` index (int64 [B]) as a fourth element,
             to put generations back in input order.
     """
@@ -126,9 +126,10 @@ def pair_batches(
         return (source, target_in, target_out) + ((pair[i],) if with_pair else ())
 
     pad = tf.constant(PAD_ID, tf.int32)
-    ds = tf.data.Dataset.range(len(pairs))
-    if shuffle:
-        ds = ds.shuffle(max(len(pairs), 1), seed=seed, reshuffle_each_iteration=True)
+    # The order is a function of `seed` alone (not of TensorFlow's global seed), so a
+    # resumed run rebuilds exactly the epoch it stopped in.
+    order = np.random.default_rng(seed).permutation(len(pairs)) if shuffle else np.arange(len(pairs))
+    ds = tf.data.Dataset.from_tensor_slices(order.astype(np.int64))
     ds = ds.map(element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.bucket_by_sequence_length(
         lambda source, target_in, *_: tf.maximum(tf.shape(source)[0], tf.shape(target_in)[0]),
