@@ -24,7 +24,6 @@ import time
 import uuid
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -36,9 +35,8 @@ from pipeline.pairs_encode import STATS_TAG, EncodePairsFn, TextLines, side_spec
 from pipeline.pairs_inputs import PairInput, pair_fingerprint, resolve_pair_inputs
 from pipeline.pairs_reading import COUNTS_TAG, LINES_TAG, ReadPairs
 from pipeline.pairs_stats import empty_pair_record, finish_pair_split_stats, to_pair_json_record
-from pipeline.preprocess import PreprocessResult, _publish, _write_text
+from pipeline.preprocess import PreprocessResult, _publish, _write_text, write_splits
 from pipeline.reading import BLOCK_BYTES
-from pipeline.split_stats import SumStatsFn
 from pipeline.tokenizer import read_vocab, vocab_file_text
 from pipeline.vocabulary import LearnVocabulary, spec_of
 
@@ -85,16 +83,7 @@ def create_pairs_pipeline(p: beam.Pipeline, files: list[PairInput], config: Pipe
         source_vocab=beam.pvalue.AsSingleton(vocabs["source"]),
         target_vocab=beam.pvalue.AsSingleton(vocabs["target"]),
     ).with_outputs(*SPLITS, STATS_TAG)
-    for split in SPLITS:
-        _ = encoded[split] | f"Write{split.title()}" >> beam.io.WriteToTFRecord(
-            os.path.join(out_dir, split), file_name_suffix=".tfrecord.gz",
-            num_shards=pre.num_shards, compression_type=CompressionTypes.GZIP)
-    _ = (
-        (encoded[STATS_TAG], read[COUNTS_TAG])
-        | "AllStats" >> beam.Flatten()
-        | "SumStats" >> beam.CombinePerKey(SumStatsFn())
-        | "StatsToJson" >> beam.MapTuple(lambda split, acc: json.dumps(to_pair_json_record(split, acc)))
-        | "WriteStats" >> beam.io.WriteToText(os.path.join(out_dir, _SPLIT_STATS), file_name_suffix=".jsonl"))
+    write_splits(encoded, encoded[STATS_TAG], read[COUNTS_TAG], out_dir, pre.num_shards, to_pair_json_record)
     _ = (
         read[LINES_TAG]
         | "LineCountsToJson" >> beam.MapTuple(lambda key, n: json.dumps({"key": key, "lines": n}))
@@ -208,7 +197,7 @@ def _check_splits(stats: dict, config: PipelineConfig) -> None:
         if splits[split]["pairs"]:
             continue
         own = split != "train" and config.data.has_own(split)
-        where = (f"its own files hold no usable pair" if own else
+        where = ("its own files hold no usable pair" if own else
                  "data.train holds no usable pair after the hash split" if split == "train" else
                  f"the {split}_fraction share of the train pairs is empty; give more pairs, "
                  f"raise data.{split}_fraction or give the {split} split its own files")

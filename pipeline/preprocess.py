@@ -82,22 +82,29 @@ def create_pipeline(p: beam.Pipeline, files: list[InputFile], config: PipelineCo
     encoded = batches(corpus.chunks, "BatchForEncoding") | "Encode" >> beam.ParDo(
         TokenizeFn(spec_of(tok)), vocab=beam.pvalue.AsSingleton(vocab)
     ).with_outputs(*SPLITS, STATS_TAG)
-    for split in SPLITS:
-        _ = encoded[split] | f"Write{split.title()}" >> beam.io.WriteToTFRecord(
-            os.path.join(out_dir, split), file_name_suffix=".tfrecord.gz",
-            num_shards=pre.num_shards, compression_type=CompressionTypes.GZIP)
-    _ = (
-        (encoded[STATS_TAG], corpus[COUNTS_TAG])
-        | "AllStats" >> beam.Flatten()
-        | "SumStats" >> beam.CombinePerKey(SumStatsFn())
-        | "StatsToJson" >> beam.MapTuple(lambda split, acc: json.dumps(to_json_record(split, acc)))
-        | "WriteStats" >> beam.io.WriteToText(
-            os.path.join(out_dir, _SPLIT_STATS), file_name_suffix=".jsonl"))
+    write_splits(encoded, encoded[STATS_TAG], corpus[COUNTS_TAG], out_dir, pre.num_shards, to_json_record)
     _ = (
         vocab
         | "VocabText" >> beam.Map(lambda v: vocab_file_text(v)[:-1])
         | "WriteVocab" >> beam.io.WriteToText(
             os.path.join(out_dir, VOCAB_FILE), num_shards=1, shard_name_template=""))
+
+
+def write_splits(encoded, stats, counts, out_dir: str, num_shards: int, to_record) -> None:
+    """Writes each split's serialized records (`encoded[split]`) as GZIP TFRecord shards,
+    and the per-split sums of `stats` and `counts` partials as JSON lines (`to_record`
+    turns a split's summed accumulator into a dict) for the launcher to finish."""
+    for split in SPLITS:
+        _ = encoded[split] | f"Write{split.title()}" >> beam.io.WriteToTFRecord(
+            os.path.join(out_dir, split), file_name_suffix=".tfrecord.gz",
+            num_shards=num_shards, compression_type=CompressionTypes.GZIP)
+    _ = (
+        (stats, counts)
+        | "AllStats" >> beam.Flatten()
+        | "SumStats" >> beam.CombinePerKey(SumStatsFn())
+        | "StatsToJson" >> beam.MapTuple(lambda split, acc: json.dumps(to_record(split, acc)))
+        | "WriteStats" >> beam.io.WriteToText(
+            os.path.join(out_dir, _SPLIT_STATS), file_name_suffix=".jsonl"))
 
 
 def run_preprocess(config: PipelineConfig, beam_args: list[str] | None = None) -> PreprocessResult:

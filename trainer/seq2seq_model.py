@@ -42,11 +42,11 @@ import tensorflow as tf
 
 from pipeline.constants import BOS_ID, PAD_ID
 from trainer.attention import get_attention
+from trainer.language_model import PRECISIONS
 from trainer.lstm import LSTM
 from trainer.recurrent_base import dropout_mask
 
 PASS_THROUGH = 3  # memory, keys, source_mask: the last state entries, never changed by `step`
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
 
 @keras.saving.register_keras_serializable(package="lmpipe")

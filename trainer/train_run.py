@@ -39,7 +39,7 @@ from trainer.pairs_data import load_pairs
 from trainer.seq2seq_model import build_seq2seq_model
 from trainer.seq2seq_training import Seq2SeqTrainer
 from trainer.tracking import RunTracker
-from trainer.training import Trainer
+from trainer.training import Trainer, is_chief
 
 MODEL_DIR = "model"
 MODEL_CONFIG = "model_config.json"
@@ -129,6 +129,8 @@ def train_language_model(config: PipelineConfig, dataset_dir: str, verbose: bool
             f"the train split has {len(streams['train'])} {unit}, too few for a global batch of "
             f"{global_batch} (train.batch_size={config.train.batch_size} x "
             f"{strategy.num_replicas_in_sync} replicas); lower the batch size or add text")
+    chief = is_chief(strategy)  # only the chief tracks (and checks the server first)
+    tracker = RunTracker(config.tracking.uri, config.tracking.experiment) if chief else None
     os.makedirs(run_dir, exist_ok=True)
     model_config = model_config_for(config, stats)
     keras.utils.set_random_seed(config.train.seed)  # the same config gives the same initial weights
@@ -143,7 +145,6 @@ def train_language_model(config: PipelineConfig, dataset_dir: str, verbose: bool
         history = _fit_in_cluster(trainer, streams)
         return TrainResult(run_dir, "", {"epochs": len(history), "worker": True,
                                          "valid_ppl": history[-1]["valid_ppl"] if history else None}, False)
-    tracker = RunTracker(config.tracking.uri, config.tracking.experiment)
     run_id = _previous_run_id(run_dir) if resumed else None
     params = {**flatten_config(config), "param_count": model.count_params(), "dataset_dir": dataset_dir}
     name = "seq2seq" if seq2seq else config.model.cell
