@@ -186,16 +186,18 @@ def test_model_config_keys(tmp_path):
     default = load_config(None, []).model
     assert (default.kind, default.attention, default.attention_score, default.encoder_layers,
             default.bidirectional_encoder, default.input_feeding) == ("lm", "luong", "general", 0, False, True)
-    cfg = load_config(None, ["model.kind=seq2seq", "model.attention=bahdanau", "model.encoder_layers=3",
+    pairs = ["data.format=pairs", "data.source_train=s.txt", "data.target_train=t.txt"]
+    cfg = load_config(None, [*pairs, "model.kind=seq2seq", "model.attention=bahdanau", "model.encoder_layers=3",
                              "model.bidirectional_encoder=true", "model.input_feeding=false"]).model
     assert (cfg.kind, cfg.attention, cfg.encoder_layers, cfg.bidirectional_encoder, cfg.input_feeding) == (
         "seq2seq", "bahdanau", 3, True, False)
     with pytest.raises(ConfigError, match="model.attention = 'cosine': Input should be 'luong' or 'bahdanau'"):
         load_config(None, ["model.attention=cosine"])
     with pytest.raises(ConfigError, match="seq2seq has LSTM layers only; got model.cell 'rnn'"):
-        load_config(None, ["model.kind=seq2seq", "model.cell=rnn"])
+        load_config(None, [*pairs, "model.kind=seq2seq", "model.cell=rnn"])
     with pytest.raises(ConfigError, match="bidirectional encoder doubles them; use attention_score: general"):
-        load_config(None, ["model.kind=seq2seq", "model.attention_score=dot", "model.bidirectional_encoder=true"])
+        load_config(None, [*pairs, "model.kind=seq2seq", "model.attention_score=dot",
+                           "model.bidirectional_encoder=true"])
     load_config(None, ["model.cell=rnn", "model.attention_score=dot", "model.bidirectional_encoder=true"])  # lm
 
 

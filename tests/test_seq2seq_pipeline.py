@@ -72,10 +72,53 @@ def test_lmpipe_run_trains_exports_and_promotes_a_seq2seq_model(tmp_path, capsys
     np.testing.assert_allclose(attention[:rows[0]["lengths"]].sum(axis=1), 1.0, atol=1e-5)
     assert np.argmax(attention[0]) == 2  # the first output word looks at the last source word
 
+    _rest_server_translates(os.path.dirname(export))
+
     capsys.readouterr()
     assert main(["generate", "--export-dir", export, "--method", "beam_search", "--beam-width", "3", "--max-new-tokens", "10",
                  "green dog sun tree"]) == 0
     assert "green dog sun tree -> tree sun dog green" in capsys.readouterr().out
+
+
+def _rest_server_translates(model_base):
+    """`lmpipe serve` answers the seq2seq signatures over TF Serving's REST API."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from serving.client import ServingClient
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    lmpipe = os.path.join(os.path.dirname(sys.executable), "lmpipe")
+    server = subprocess.Popen([lmpipe, "serve", "--model-base-path", model_base, "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        client = ServingClient(f"http://127.0.0.1:{port}", os.path.basename(model_base))
+        deadline = time.time() + 120
+        while True:
+            try:
+                client.status()
+                break
+            except OSError:
+                assert time.time() < deadline and server.poll() is None, "server did not start"
+                time.sleep(0.5)
+        defs = client.metadata()["metadata"]["signature_def"]["signature_def"]
+        assert "source" in defs["greedy"]["inputs"] and "attention" in defs["greedy"]["outputs"]
+        (greedy,) = client.generate(["sun tree red"], method="greedy", max_new_tokens=10)
+        assert greedy["text"] == "red tree sun" and greedy["lengths"] == 4  # 3 words + <eos>
+        assert len(greedy["attention"]) == 10 and not any(greedy["attention"][4])  # dense, zero-padded
+        for method in ("sample", "top_k", "top_p", "beam_search"):
+            knobs = {"beam_width": 2} if method == "beam_search" else {"seed": 1, "temperature": 0.5}
+            (pred,) = client.generate(["moon dog"], method=method, max_new_tokens=6, **knobs)
+            assert pred["text"], method
+        scored = client.predict("score", [{"source": "red cat", "target": "cat red"}])["predictions"][0]
+        assert scored["tokens"] == 3 and scored["perplexity"] < 1.5  # 2 words + <eos>, well learned
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def test_seq2seq_config_needs_pairs_data():
