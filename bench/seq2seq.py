@@ -116,7 +116,7 @@ def main() -> None:
         hyps = detokenize(tokenizers["target"], decode_sources(model, sources, method, beam_width=args.beam_width))
         seconds = time.perf_counter() - t0
         tokenized = bleu(hyps, tok_refs, method)
-        standard = sacrebleu.metrics.BLEU(lowercase=True)
+        standard = sacrebleu.metrics.BLEU(lowercase=True, force=True)  # 13a re-tokenizes both sides
         score = standard.corpus_score([html.unescape(h) for h in hyps], [raw_refs])
         print(f"  {method:11s} (A) tokenized lowercased BLEU {tokenized.score:.2f}   (S) sacrebleu "
               f"{score.score:.2f} [{standard.get_signature()}]   decode {seconds:.1f} s", flush=True)
