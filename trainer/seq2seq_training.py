@@ -47,7 +47,9 @@ class Seq2SeqTrainer(Trainer):
 
     def _epoch_batches(self, train_data: PairSplit, epoch: int, skip: int) -> tf.data.Dataset:
         seed = self.config.seed * 1_000_003 + epoch  # each epoch its own, reproducible order
-        return pair_batches(train_data, self.global_batch, shuffle=True, seed=seed).skip(skip)
+        # Under several replicas every batch must split evenly: full batches only.
+        return pair_batches(train_data, self.global_batch, shuffle=True, seed=seed,
+                            drop_remainder=self.replicas > 1).skip(skip)
 
     def _steps_per_epoch(self, train_data) -> int | None:
         return None  # buckets make the count data-dependent; Progbar counts up
