@@ -82,6 +82,52 @@ def test_two_mirrored_replicas_train_as_one_process_with_the_same_global_batch()
         np.testing.assert_allclose(np.array(b), np.array(a), atol=2e-6)
 
 
+_TWO_REPLICAS_SEQ2SEQ = textwrap.dedent("""
+    import json, tempfile
+    import numpy as np, tensorflow as tf, keras
+    (cpu,) = tf.config.list_physical_devices("CPU")
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from pipeline.config import TrainConfig
+    from trainer.seq2seq_model import build_seq2seq_model
+    from trainer.seq2seq_training import Seq2SeqTrainer
+
+    rng = np.random.default_rng(0)
+    batch = []
+    for length in (5, 6, 6):
+        source = rng.integers(4, 12, (8, length)).astype(np.int32)
+        source[:3, -2:] = 0  # padding in some rows: the loss is over real target tokens only
+        target = rng.integers(4, 12, (8, length + 1)).astype(np.int32)
+        target[5:, -3:] = 0
+        batch.append((source, np.concatenate([np.full((8, 1), 2, np.int32), target[:, :-1]], 1), target))
+    out = {}
+    for name, strategy, size in [("one", tf.distribute.get_strategy(), 8),
+                                 ("two", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), 4)]:
+        keras.utils.set_random_seed(0)
+        with strategy.scope():
+            model = build_seq2seq_model({"source_vocab_size": 12, "target_vocab_size": 12,
+                                         "embedding_dim": 8, "hidden_dim": 8})
+        config = TrainConfig(batch_size=size, optimizer="adam", learning_rate=0.01)
+        with tempfile.TemporaryDirectory() as tmp:
+            trainer = Seq2SeqTrainer(model, config, tmp, verbose=False, strategy=strategy)
+            nlls = [float(trainer._run_batch([tf.constant(t) for t in b], tf.constant([0, k]))[0])
+                    for k, b in enumerate(batch)]
+        out[name] = {"nll": nlls, "weights": [v.numpy().tolist() for v in model.trainable_variables]}
+    print(json.dumps(out))
+""")
+
+
+@pytest.mark.slow
+def test_two_mirrored_replicas_train_seq2seq_as_one_process():
+    """Pair batches split by rows; the loss is normalised by the real target tokens of
+    the whole global batch, so two replicas update exactly as one process does."""
+    done = subprocess.run([sys.executable, "-c", _TWO_REPLICAS_SEQ2SEQ], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(out["two"]["nll"], out["one"]["nll"], rtol=1e-6)
+    for a, b in zip(out["one"]["weights"], out["two"]["weights"]):
+        np.testing.assert_allclose(np.array(b), np.array(a), atol=2e-6)
+
+
 def test_mixed_float16_trains_with_loss_scaling(tmp_path):
     import keras
 
