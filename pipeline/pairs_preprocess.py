@@ -21,7 +21,6 @@ import dataclasses
 import json
 import os
 import time
-import uuid
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -35,7 +34,7 @@ from pipeline.pairs_encode import STATS_TAG, EncodePairsFn, TextLines, side_spec
 from pipeline.pairs_inputs import PairInput, pair_fingerprint, resolve_pair_inputs
 from pipeline.pairs_reading import COUNTS_TAG, LINES_TAG, ReadPairs
 from pipeline.pairs_stats import empty_pair_record, finish_pair_split_stats, to_pair_json_record
-from pipeline.preprocess import PreprocessResult, _publish, _write_text, write_splits
+from pipeline.preprocess import PreprocessResult, _write_text, build_dataset, write_splits
 from pipeline.reading import BLOCK_BYTES
 from pipeline.tokenizer import read_vocab, vocab_file_text
 from pipeline.vocabulary import LearnVocabulary, spec_of
@@ -104,13 +103,8 @@ def run_pairs_preprocess(config: PipelineConfig, beam_args: list[str] | None = N
         InputDataError: bad, empty or misaligned input; nothing is left under the final name.
     """
     final_dir, files, fingerprint = pair_dataset_dir_for(config)
-    stats_path = os.path.join(final_dir, STATS_FILE)
-    if FileSystems.exists(stats_path):
-        with FileSystems.open(stats_path) as f:
-            return PreprocessResult(final_dir, fingerprint, True, json.load(f))
-    tmp_dir = os.path.join(config.preprocess.output_dir, f".tmp-{fingerprint[:16]}-{uuid.uuid4().hex[:8]}")
-    FileSystems.mkdirs(tmp_dir)
-    try:
+
+    def build(tmp_dir: str) -> dict:
         started = time.time()
         with beam.Pipeline(options=PipelineOptions(beam_args or [])) as p:
             create_pairs_pipeline(p, files, config, tmp_dir, BLOCK_BYTES)
@@ -118,11 +112,9 @@ def run_pairs_preprocess(config: PipelineConfig, beam_args: list[str] | None = N
         _check_alignment(files, {r["key"]: r["lines"] for r in lines})
         stats = _write_metadata(tmp_dir, files, lines, config, fingerprint, time.time() - started)
         _check_splits(stats, config)
-        _publish(tmp_dir, final_dir)
-    finally:
-        if FileSystems.exists(tmp_dir):
-            FileSystems.delete([tmp_dir])
-    return PreprocessResult(final_dir, fingerprint, False, stats)
+        return stats
+
+    return build_dataset(config.preprocess.output_dir, final_dir, fingerprint, build)
 
 
 def _read_records(out_dir: str, prefix: str) -> list[dict]:

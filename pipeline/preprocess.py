@@ -121,19 +121,30 @@ def run_preprocess(config: PipelineConfig, beam_args: list[str] | None = None) -
 
         return run_pairs_preprocess(config, beam_args)
     final_dir, files, fingerprint = dataset_dir_for(config)
+
+    def build(tmp_dir: str) -> dict:
+        started = time.time()
+        with beam.Pipeline(options=PipelineOptions(beam_args or [])) as p:
+            create_pipeline(p, files, config, tmp_dir)
+        stats = _write_metadata(tmp_dir, files, config, fingerprint, time.time() - started)
+        _check_splits(stats, config)
+        return stats
+
+    return build_dataset(config.preprocess.output_dir, final_dir, fingerprint, build)
+
+
+def build_dataset(output_dir: str, final_dir: str, fingerprint: str, build) -> PreprocessResult:
+    """The dataset folder contract: `final_dir` if it is complete (it has stats.json);
+    else `build(tmp_dir) -> stats` writes everything into a temporary folder, which is
+    renamed to `final_dir` only when `build` returns, and deleted whatever happens."""
     stats_path = os.path.join(final_dir, STATS_FILE)
     if FileSystems.exists(stats_path):
         with FileSystems.open(stats_path) as f:
             return PreprocessResult(final_dir, fingerprint, True, json.load(f))
-    tmp_dir = os.path.join(config.preprocess.output_dir, f".tmp-{fingerprint[:16]}-{uuid.uuid4().hex[:8]}")
+    tmp_dir = os.path.join(output_dir, f".tmp-{fingerprint[:16]}-{uuid.uuid4().hex[:8]}")
     FileSystems.mkdirs(tmp_dir)
     try:
-        started = time.time()
-        options = PipelineOptions(beam_args or [])
-        with beam.Pipeline(options=options) as p:
-            create_pipeline(p, files, config, tmp_dir)
-        stats = _write_metadata(tmp_dir, files, config, fingerprint, time.time() - started)
-        _check_splits(stats, config)
+        stats = build(tmp_dir)
         _publish(tmp_dir, final_dir)
     finally:
         if FileSystems.exists(tmp_dir):
