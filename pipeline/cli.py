@@ -346,7 +346,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     handlers["run"] = cmd_run
 
     rep = sub.add_parser("report", help="insight reports: gradients, gates, decoding (PNG + CSV/JSON, MLflow)")
-    rep.add_argument("report", choices=["gradients", "gates", "decoding"])
+    rep.add_argument("report", choices=["gradients", "gates", "decoding", "translation"],
+                     help="translation: seq2seq models (BLEU, samples, attention heatmaps)")
     _config_args(rep)
     rep.add_argument("--model-dir", help="a trained model folder (default: this config's run)")
     rep.add_argument("--text", help="gates: the text to trace (default: lines of the test split)")

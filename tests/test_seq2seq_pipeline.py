@@ -73,6 +73,7 @@ def test_lmpipe_run_trains_exports_and_promotes_a_seq2seq_model(tmp_path, capsys
     assert np.argmax(attention[0]) == 2  # the first output word looks at the last source word
 
     _rest_server_translates(os.path.dirname(export))
+    assert main(["report", "decoding", *_args(tmp_path, files)]) == 2  # a language-model report: says which fit
 
     capsys.readouterr()
     assert main(["generate", "--export-dir", export, "--method", "beam_search", "--beam-width", "3", "--max-new-tokens", "10",

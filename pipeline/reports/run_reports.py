@@ -14,6 +14,7 @@ import numpy as np
 
 from pipeline.config import PipelineConfig
 from pipeline.constants import EOS_ID
+from pipeline.errors import ConfigError
 from pipeline.reports.report_files import log_metrics_to_run, log_to_run
 
 REPORTS = ("gradients", "gates", "decoding", "translation")
@@ -49,7 +50,7 @@ def run_report(name: str, config: PipelineConfig, model_dir: str, text: str | No
     if seq2seq != (name in SEQ2SEQ_REPORTS):
         kind = "sequence-to-sequence" if seq2seq else "language"
         fits = SEQ2SEQ_REPORTS if seq2seq else tuple(r for r in REPORTS if r not in SEQ2SEQ_REPORTS)
-        raise ValueError(f"the {name} report does not fit a {kind} model; choose one of {fits}")
+        raise ConfigError(f"the {name} report does not fit a {kind} model; choose one of {', '.join(fits)}")
     if name == "translation":
         from pipeline.pair_records import pair_tokenizers
         from pipeline.reports.translation import translation_report
