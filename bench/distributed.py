@@ -20,7 +20,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -28,15 +27,14 @@ VOCAB, BPTT, HIDDEN = 10_000, 35, 200
 
 
 def worker(steps: int, batch: int, distribute: str) -> None:
-    import keras
-    import numpy as np
-    import tensorflow as tf
+    import tempfile
 
-    from pipeline.config import TrainConfig
+    import keras
+
+    from lstm_speed import time_training  # this folder's training timer (run as a script)
     from trainer.distribute import make_strategy
     from trainer.language_model import LanguageModel
-    from trainer.training import Trainer
-    import tempfile
+    from trainer.training import is_chief
 
     strategy = make_strategy(distribute)
     keras.utils.set_random_seed(0)
@@ -44,21 +42,9 @@ def worker(steps: int, batch: int, distribute: str) -> None:
         model = LanguageModel(VOCAB, HIDDEN, HIDDEN, num_layers=2)
         model.build()
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(model, TrainConfig(batch_size=batch, bptt=BPTT), tmp, verbose=False, strategy=strategy)
-        rows = trainer.global_batch
-        rng = np.random.default_rng(0)
-        x = tf.constant(rng.integers(0, VOCAB, (rows, BPTT)), tf.int32)
-        states = model.initial_state(rows)
-        seed = tf.constant([0, 0], tf.int32)
-        for _ in range(3):
-            trainer._train_step(x, x, states, seed)[0].numpy()
-        start = time.perf_counter()
-        for _ in range(steps):
-            nll, _, states = trainer._train_step(x, x, states, seed)
-        nll.numpy()
-        seconds = time.perf_counter() - start
-    if trainer.is_chief:
-        print(json.dumps({"tokens_per_sec": rows * BPTT * steps / seconds, "replicas": trainer.replicas}))
+        rate = time_training(model, steps, tmp, batch=batch, strategy=strategy)
+    if is_chief(strategy):
+        print(json.dumps({"tokens_per_sec": rate, "replicas": strategy.num_replicas_in_sync}))
 
 
 def _free_ports(n: int) -> list[int]:

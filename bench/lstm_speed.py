@@ -85,11 +85,13 @@ def train_flops_per_token(hidden: int) -> float:
     return 3 * (lstm + softmax)
 
 
-def time_training(model, steps: int, tmp: str) -> float:
-    trainer = Trainer(model, TrainConfig(batch_size=BATCH, bptt=BPTT), tmp, verbose=False)
+def time_training(model, steps: int, tmp: str, batch: int = BATCH, strategy=None) -> float:
+    """Training tokens/s (global batch) of `steps` compiled steps after 3 warm-up ones."""
+    trainer = Trainer(model, TrainConfig(batch_size=batch, bptt=BPTT), tmp, verbose=False, strategy=strategy)
+    rows = trainer.global_batch
     rng = np.random.default_rng(0)
-    x = tf.constant(rng.integers(0, VOCAB, (BATCH, BPTT)), tf.int32)
-    states = model.initial_state(BATCH)
+    x = tf.constant(rng.integers(0, VOCAB, (rows, BPTT)), tf.int32)
+    states = model.initial_state(rows)
     seed = tf.constant([0, 0], tf.int32)
     for _ in range(3):
         trainer._train_step(x, x, states, seed)[0].numpy()
@@ -97,7 +99,7 @@ def time_training(model, steps: int, tmp: str) -> float:
     for _ in range(steps):
         nll, _, states = trainer._train_step(x, x, states, seed)
     nll.numpy()
-    return BATCH * BPTT * steps / (time.perf_counter() - start)
+    return rows * BPTT * steps / (time.perf_counter() - start)
 
 
 def step_latency(model, calls: int = 200) -> float:

@@ -49,7 +49,6 @@ def corpus_files(copies: int, scratch: str) -> dict[str, str]:
 
 def run_baseline(files: dict[str, str], out_dir: str) -> dict:
     """Two passes, one process: learn the vocabulary, then encode and write records."""
-    import numpy as np
     import tensorflow as tf
 
     from pipeline.config_loader import load_config

@@ -111,8 +111,8 @@ def _run_stages(config: PipelineConfig, beam_args, manifest: dict, stages: _Stag
     trained = stages.run("train", lambda: _train(config, dataset["dataset_dir"], warm_dir, registry))
     manifest.update(mlflow_run_id=trained["mlflow_run_id"], registered_version=trained["version"],
                     model_dir=trained["model_dir"])
-    stages.run("report", lambda: _report(config, trained))
-    scores = stages.run("evaluate", lambda: _evaluate(config, trained, champion_dir, dataset["dataset_dir"]))
+    report = stages.run("report", lambda: _report(config, trained))
+    scores = stages.run("evaluate", lambda: _evaluate(config, trained, champion_dir, dataset["dataset_dir"], report))
     exported = stages.run("export", lambda: _export(config, trained["model_dir"]))
     decision = stages.run("promote", lambda: _promote(config, registry, trained, scores, exported))
     manifest.update(decision=decision["decision"], reason=decision["reason"],
@@ -187,11 +187,11 @@ def _report(config, trained: dict) -> dict:
         return {"skipped": False, "warning": f"{name} report failed: {type(err).__name__}: {err}"}
 
 
-def _evaluate(config, trained: dict, champion_dir: str | None, dataset_dir: str) -> dict:
+def _evaluate(config, trained: dict, champion_dir: str | None, dataset_dir: str, report: dict) -> dict:
     """The promotion metric of the new model and the champion on the same test data:
     perplexity for language models, greedy BLEU for sequence-to-sequence models."""
     if config.model.kind == "seq2seq":
-        return _evaluate_bleu(trained, champion_dir, dataset_dir)
+        return _evaluate_bleu(trained, champion_dir, dataset_dir, report)
     scores = {"metric": "test_ppl", "higher_is_better": False, "new": trained["test_ppl"], "champion": None}
     if champion_dir is None:
         return scores
@@ -211,10 +211,10 @@ def _evaluate(config, trained: dict, champion_dir: str | None, dataset_dir: str)
     return scores
 
 
-def _evaluate_bleu(trained: dict, champion_dir: str | None, dataset_dir: str) -> dict:
-    """Greedy test BLEU of both models; the champion reads the test sources as text through
-    its own tokenizers (its vocabulary may differ), and both are scored against the same
-    references."""
+def _evaluate_bleu(trained: dict, champion_dir: str | None, dataset_dir: str, report: dict) -> dict:
+    """Greedy test BLEU of both models (the new one's from its translation report when that
+    ran); the champion reads the test sources as text through its own tokenizers (its
+    vocabulary may differ), and both are scored against the same references."""
     from pipeline.pair_records import pair_tokenizers
     from serving.translation_eval import corpus_bleu, source_texts
     from trainer.pairs_data import load_pairs
@@ -222,9 +222,16 @@ def _evaluate_bleu(trained: dict, champion_dir: str | None, dataset_dir: str) ->
 
     pairs = load_pairs(dataset_dir, "test")
     tokenizers = pair_tokenizers(trained["model_dir"])
-    new = corpus_bleu(load_trained_model(trained["model_dir"]), tokenizers, pairs)
-    scores = {"metric": "test_bleu_greedy", "higher_is_better": True, "new": new.score, "champion": None,
-              "bleu_signature": new.signature}
+    reported = os.path.join(report.get("folder", ""), "bleu.json")
+    if report.get("folder") and os.path.exists(reported):
+        with open(reported) as f:
+            greedy = json.load(f)["test"]["greedy"]
+        new_score, signature = greedy["bleu"], greedy["signature"]
+    else:
+        new = corpus_bleu(load_trained_model(trained["model_dir"]), tokenizers, pairs)
+        new_score, signature = new.score, new.signature
+    scores = {"metric": "test_bleu_greedy", "higher_is_better": True, "new": new_score, "champion": None,
+              "bleu_signature": signature}
     if champion_dir is not None:
         theirs = pair_tokenizers(champion_dir)
         champion = corpus_bleu(load_trained_model(champion_dir), theirs, pairs,

@@ -43,6 +43,7 @@ class ServingClient:
     def __init__(self, url: str, model: str, version: int | None = None, timeout: float = 120) -> None:
         self.base = f"{url.rstrip('/')}/v1/models/{model}" + (f"/versions/{version}" if version else "")
         self.timeout = timeout
+        self._prompt_inputs: dict[str, str] = {}  # signature -> its strings input, from metadata
 
     def status(self) -> dict:
         return self._call("GET", self.base)
@@ -60,9 +61,13 @@ class ServingClient:
         return self.predict(method, request_instances(prompts, method, self.prompt_input(method), **knobs))["predictions"]
 
     def prompt_input(self, method: str) -> str:
-        """"source" when the model's `method` signature takes sources (seq2seq), else "prompt"."""
-        signature = self.metadata()["metadata"]["signature_def"]["signature_def"].get(method, {})
-        return "source" if "source" in signature.get("inputs", {}) else "prompt"
+        """"source" when the model's `method` signature takes sources (seq2seq), else "prompt"
+        (asked of the server's metadata once per client)."""
+        if not self._prompt_inputs:
+            defs = self.metadata()["metadata"]["signature_def"]["signature_def"]
+            self._prompt_inputs = {name: "source" if "source" in d.get("inputs", {}) else "prompt"
+                                   for name, d in defs.items()}
+        return self._prompt_inputs.get(method, "prompt")
 
     def score(self, texts: list[str]) -> list[dict]:
         return self.predict("score", [{"text": t} for t in texts])["predictions"]

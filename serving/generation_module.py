@@ -68,7 +68,11 @@ class GenerationModule(tf.Module):
         """One concrete function per signature, each with named TensorSpecs."""
         functions = {name: self.generation_function(name) for name in GENERATION_SIGNATURES}
         functions["score"] = self.score_function()
-        return {name: fn.get_concrete_function(**input_specs(name)) for name, fn in functions.items()}
+        return {name: fn.get_concrete_function(**self.input_specs(name)) for name, fn in functions.items()}
+
+    def input_specs(self, signature: str) -> dict[str, tf.TensorSpec]:
+        """The named [B] inputs of one of this module's signatures."""
+        return input_specs(signature)
 
     def encode_prompts(self, prompts):
         """[B] strings -> (ids [B, P] int32 with a leading <eos>, lengths [B])."""
@@ -112,7 +116,7 @@ class GenerationModule(tf.Module):
         return checks
 
     def generation_function(self, name: str):
-        """The tf.function of one generation signature (trace with `input_specs(name)`)."""
+        """The tf.function of one generation signature (trace with `self.input_specs(name)`)."""
         names = SIGNATURE_KNOBS[name]
 
         @tf.function

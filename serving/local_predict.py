@@ -27,7 +27,9 @@ def prompt_input(export_dir: str, signature: str) -> str:
     import json
     import os
 
-    meta_path = os.path.join(export_dir, "assets.extra", "lmpipe_export.json")
+    from serving.export import EXPORT_META
+
+    meta_path = os.path.join(export_dir, "assets.extra", EXPORT_META)
     if not os.path.exists(meta_path):
         return "prompt"
     with open(meta_path) as f:

@@ -26,7 +26,7 @@ import tensorflow as tf
 
 from pipeline.constants import BOS_ID, PAD_ID
 from pipeline.tokenizer import Tokenizer
-from serving.generation_module import GENERATION_SIGNATURES, SIGNATURE_KNOBS, GenerationModule
+from serving.generation_module import SIGNATURE_KNOBS, GenerationModule
 from serving.knobs import KNOB_SPECS
 
 
@@ -50,10 +50,8 @@ class Seq2SeqGenerationModule(GenerationModule):
         super().__init__(model, tokenizers["target"], max_new_tokens)
         self.source_tokenizer = tokenizers["source"]
 
-    def signatures(self) -> dict[str, tf.types.experimental.ConcreteFunction]:
-        functions = {name: self.generation_function(name) for name in GENERATION_SIGNATURES}
-        functions["score"] = self.score_function()
-        return {name: fn.get_concrete_function(**seq2seq_input_specs(name)) for name, fn in functions.items()}
+    def input_specs(self, signature: str) -> dict[str, tf.TensorSpec]:
+        return seq2seq_input_specs(signature)
 
     def encode_prompts(self, sources):
         """[B] source strings -> (ids [B, S] int32, lengths [B]); an empty source fails

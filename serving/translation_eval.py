@@ -37,6 +37,7 @@ class BleuResult:
     hypotheses: list[str]
     references: list[str]
     detail: str  # sacrebleu's one-line summary (n-gram precisions, brevity penalty)
+    outputs: list[np.ndarray] = dataclasses.field(default_factory=list)  # decoded ids, without <eos>
 
 
 def decode_sources(model, sources: list[np.ndarray], method: str = "greedy", beam_width: int = 5,
@@ -105,8 +106,9 @@ def corpus_bleu(model, tokenizers: dict, pairs, method: str = "greedy", source_t
         sources = [pairs.source(i) for i in range(len(pairs))]
     else:
         sources = encode_texts(tokenizers["source"], source_texts)
-    hypotheses = detokenize(tokenizers["target"], decode_sources(model, sources, method, **decode_args))
-    return bleu(hypotheses, reference_texts(tokenizers["target"], pairs), method)
+    outputs = decode_sources(model, sources, method, **decode_args)
+    result = bleu(detokenize(tokenizers["target"], outputs), reference_texts(tokenizers["target"], pairs), method)
+    return dataclasses.replace(result, outputs=outputs)
 
 
 def reference_texts(target_tokenizer, pairs) -> list[str]:

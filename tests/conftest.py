@@ -1,8 +1,11 @@
 """Shared fixtures: tiny corpora written to temp folders, and a quiet TensorFlow."""
 
 import glob
-import gzip
 import os
+import socket
+import subprocess
+import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -16,6 +19,52 @@ def write(path, text, mode="w"):
     with open(path, mode) as f:
         f.write(text)
     return str(path)
+
+
+def free_ports(n=1):
+    """n TCP ports on 127.0.0.1 that were free a moment ago."""
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def start_lmpipe_serve(model_base, name, timeout=120):
+    """`lmpipe serve` on a free port for `model_base`: (process, base URL, ServingClient of
+    model `name`, its first status)."""
+    from serving.client import ServingClient
+
+    (port,) = free_ports()
+    lmpipe = os.path.join(os.path.dirname(sys.executable), "lmpipe")
+    server = subprocess.Popen([lmpipe, "serve", "--model-base-path", str(model_base), "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    client = ServingClient(url, name)
+    deadline = time.time() + timeout
+    while True:
+        try:
+            return server, url, client, client.status()
+        except OSError:
+            if time.time() > deadline or server.poll() is not None:
+                server.kill()
+                raise AssertionError("lmpipe serve did not start") from None
+            time.sleep(0.5)
+
+
+def die_at_call(trainer, call):
+    """Makes `trainer`'s compiled step raise KeyboardInterrupt at its `call`-th call (a kill)."""
+    real_step, calls = trainer._train_step, []
+
+    def step(*args):
+        calls.append(1)
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return real_step(*args)
+
+    trainer._train_step = step
 
 
 def latest_checkpoint_step(root):

@@ -2,8 +2,6 @@
 
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -14,10 +12,10 @@ import tensorflow as tf
 from pipeline.cli import main
 from serving.check_export import check_export
 from serving.client import ServingClient, ServingError
-from serving.generation_module import GenerationModule, SIGNATURE_KNOBS
+from serving.generation_module import SIGNATURE_KNOBS
 from serving.warmup import read_warmup_requests
 
-from conftest import write
+from conftest import start_lmpipe_serve, write
 
 SIGNATURES = {"greedy", "beam_search", "sample", "top_k", "top_p", "score", "serving_default"}
 
@@ -99,29 +97,11 @@ def test_signatures_in_process_exact_and_consistent(trained):
     assert score["tokens"].numpy().tolist() == [7, 7]  # 6 words + <eos>
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_rest_server_every_signature_errors_and_version_switch(trained):
     root, args = trained
-    port = _free_port()
-    lmpipe = os.path.join(os.path.dirname(sys.executable), "lmpipe")
-    server = subprocess.Popen([lmpipe, "serve", "--model-base-path", str(root / "export" / "tiny"),
-                               "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server, url, client, status = start_lmpipe_serve(root / "export" / "tiny", "tiny")
     try:
-        client = ServingClient(f"http://127.0.0.1:{port}", "tiny")
-        deadline = time.time() + 120
-        while True:
-            try:
-                status = client.status()
-                break
-            except OSError:
-                assert time.time() < deadline and server.poll() is None, "server did not start"
-                time.sleep(0.5)
         assert status["model_version_status"][0]["version"] == "1"
         metadata = client.metadata()
         defs = metadata["metadata"]["signature_def"]["signature_def"]
@@ -149,10 +129,10 @@ def test_rest_server_every_signature_errors_and_version_switch(trained):
                 client.predict(request["signature"], request["instances"])
             assert err.value.status == 400 and message in err.value.message, err.value.message
         with pytest.raises(ServingError, match="unknown model"):
-            ServingClient(f"http://127.0.0.1:{port}", "other").status()
+            ServingClient(f"{url}", "other").status()
         import urllib.request
 
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/models/tiny:predict", data=b"{oops", method="POST")
+        req = urllib.request.Request(f"{url}/v1/models/tiny:predict", data=b"{oops", method="POST")
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(req)
         assert err.value.code == 400 and "malformed JSON" in json.loads(err.value.read())["error"]
@@ -169,7 +149,7 @@ def test_rest_server_every_signature_errors_and_version_switch(trained):
             assert time.time() < deadline, "server did not pick up version 2"
             time.sleep(0.5)
         assert client.generate(["the"], method="greedy", max_new_tokens=3)[0]["lengths"] >= 1
-        v1 = ServingClient(f"http://127.0.0.1:{port}", "tiny", version=1)
+        v1 = ServingClient(f"{url}", "tiny", version=1)
         assert v1.generate(["the"], method="greedy", max_new_tokens=3)[0]["lengths"] >= 1
         assert server.poll() is None  # alive after every bad request
     finally:

@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,18 +12,12 @@ from mlflow import MlflowClient
 
 from pipeline.cli import main
 
-from conftest import write
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from conftest import free_ports, write
 
 
 @pytest.fixture
 def mlflow_server(tmp_path):
-    port = _free_port()
+    port = free_ports()[0]
     mlflow_bin = os.path.join(os.path.dirname(sys.executable), "mlflow")
     proc = subprocess.Popen(
         [mlflow_bin, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
@@ -110,7 +103,7 @@ def test_server_lost_mid_run_training_goes_on(tmp_path, mlflow_server, capsys, m
 
 
 def test_unreachable_server_at_start_names_the_uri(tmp_path, capsys):
-    uri = f"http://127.0.0.1:{_free_port()}"
+    uri = f"http://127.0.0.1:{free_ports()[0]}"
     args = _corpus_args(tmp_path, uri)
     assert main(["preprocess", *args]) == 0
     assert main(["train", *args]) == 4

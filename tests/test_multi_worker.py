@@ -4,7 +4,6 @@ to the perplexity of one process with the same global batch; a killed worker rej
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,17 +12,7 @@ import pytest
 
 from pipeline.cli import main
 
-from conftest import latest_checkpoint_step, write
-
-
-def _free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
+from conftest import free_ports, latest_checkpoint_step, write
 
 
 def _args(root, corpus, *extra):
@@ -72,7 +61,7 @@ def test_two_workers_match_one_process_with_the_same_global_batch(tmp_path):
 
     two.mkdir()
     assert main(["preprocess", *_args(two, corpus)]) == 0
-    ports = _free_ports(2)
+    ports = free_ports(2)
     codes, logs = _wait([_launch(two, corpus, ports, i) for i in range(2)], two)
     assert codes == [0, 0], logs
     got = _metrics(two)
@@ -92,7 +81,7 @@ def test_killed_worker_restarts_and_the_run_completes(tmp_path):
     root = tmp_path / "run"
     root.mkdir()
     assert main(["preprocess", *_args(root, corpus)]) == 0
-    ports = _free_ports(2)
+    ports = free_ports(2)
     extra = ("--set", "train.checkpoint_every=10", "--set", "train.epochs=3")
     procs = [_launch(root, corpus, ports, i, *extra) for i in range(2)]
     deadline = time.time() + 240
@@ -107,7 +96,7 @@ def test_killed_worker_restarts_and_the_run_completes(tmp_path):
     procs[0].wait(timeout=120)  # coordination-service heartbeats tell it within seconds
     assert procs[0].returncode == 5  # ClusterError: one line saying how to resume
     assert "restart every worker with the same TF_CONFIG" in (root / "worker-0.log").read_text()
-    ports = _free_ports(2)
+    ports = free_ports(2)
     codes, logs = _wait([_launch(root, corpus, ports, i, *extra) for i in range(2)], root)
     assert codes == [0, 0], logs
     metrics = _metrics(root)

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.cli import main
 
-from conftest import write
+from conftest import start_lmpipe_serve, write
 
 WORDS = ["red", "green", "blue", "cat", "dog", "sun", "moon", "tree"]
 
@@ -83,29 +83,8 @@ def test_lmpipe_run_trains_exports_and_promotes_a_seq2seq_model(tmp_path, capsys
 
 def _rest_server_translates(model_base):
     """`lmpipe serve` answers the seq2seq signatures over TF Serving's REST API."""
-    import socket
-    import subprocess
-    import sys
-    import time
-
-    from serving.client import ServingClient
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    lmpipe = os.path.join(os.path.dirname(sys.executable), "lmpipe")
-    server = subprocess.Popen([lmpipe, "serve", "--model-base-path", model_base, "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server, _, client, _ = start_lmpipe_serve(model_base, os.path.basename(model_base))
     try:
-        client = ServingClient(f"http://127.0.0.1:{port}", os.path.basename(model_base))
-        deadline = time.time() + 120
-        while True:
-            try:
-                client.status()
-                break
-            except OSError:
-                assert time.time() < deadline and server.poll() is None, "server did not start"
-                time.sleep(0.5)
         defs = client.metadata()["metadata"]["signature_def"]["signature_def"]
         assert "source" in defs["greedy"]["inputs"] and "attention" in defs["greedy"]["outputs"]
         (greedy,) = client.generate(["sun tree red"], method="greedy", max_new_tokens=10)

@@ -9,6 +9,8 @@ from trainer.pairs_data import PairSplit
 from trainer.seq2seq_model import build_seq2seq_model
 from trainer.seq2seq_training import Seq2SeqTrainer, evaluate_pairs
 
+from conftest import die_at_call
+
 
 def _pairs(n, seed):
     """Reversal pairs over ids 4..11, lengths 2..5; targets end with <eos> (3)."""
@@ -44,15 +46,7 @@ def test_training_learns_and_resumes_mid_epoch_exactly(tmp_path):
     assert full[-1]["valid_ppl"] < full[0]["train_ppl"]
 
     interrupted = Seq2SeqTrainer(_model(), cfg, str(tmp_path / "cut"), verbose=False)
-    real_step, calls = interrupted._train_step, []
-
-    def dies_at_step_35(*args):  # about 26 batches an epoch: this is in epoch 2
-        calls.append(1)
-        if len(calls) == 35:
-            raise KeyboardInterrupt
-        return real_step(*args)
-
-    interrupted._train_step = dies_at_step_35
+    die_at_call(interrupted, 35)  # about 26 batches an epoch: in epoch 2
     with pytest.raises(KeyboardInterrupt):
         interrupted.fit(train, valid)
     resumed = Seq2SeqTrainer(_model(seed=7), cfg, str(tmp_path / "cut"), verbose=False)

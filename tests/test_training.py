@@ -9,6 +9,8 @@ from trainer.evaluation import evaluate
 from trainer.language_model import build_language_model
 from trainer.training import Trainer, learning_rate_for
 
+from conftest import die_at_call
+
 MODEL = {"vocab_size": 12, "embedding_dim": 8, "hidden_dim": 8, "num_layers": 1, "dropout": 0.2}
 
 
@@ -50,15 +52,7 @@ def test_resume_mid_epoch_matches_uninterrupted_run(tmp_path):
     full = Trainer(_model(), cfg, str(tmp_path / "full"), verbose=False).fit(train, valid)
 
     interrupted = Trainer(_model(), cfg, str(tmp_path / "cut"), verbose=False)
-    real_step, calls = interrupted._train_step, []
-
-    def dies_at_step_45(*args):  # 38 steps an epoch: this is in epoch 2
-        calls.append(1)
-        if len(calls) == 45:  # 5 steps after the checkpoint at global step 40
-            raise KeyboardInterrupt
-        return real_step(*args)
-
-    interrupted._train_step = dies_at_step_45
+    die_at_call(interrupted, 45)  # 5 steps after the checkpoint at global step 40 (38 an epoch: in epoch 2)
     with pytest.raises(KeyboardInterrupt):
         interrupted.fit(train, valid)
     resumed = Trainer(_model(seed=123), cfg, str(tmp_path / "cut"), verbose=False)

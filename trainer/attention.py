@@ -22,6 +22,8 @@ Example:
 
 from __future__ import annotations
 
+import abc
+
 import keras
 import tensorflow as tf
 
@@ -47,12 +49,13 @@ class _Attention(keras.layers.Layer):
         super().__init__(**kwargs)
         self.units = units
 
+    @abc.abstractmethod
     def keys(self, memory):
         """The projected memory [B, S, K] that `_scores` compares queries with."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _scores(self, query, keys):
-        raise NotImplementedError
+        """Queries [B, T, Hq] against keys [B, S, K] -> unnormalised scores [B, T, S]."""
 
     def call(self, query, memory, keys=None, source_mask=None):
         keys = self.keys(memory) if keys is None else keys

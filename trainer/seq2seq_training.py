@@ -21,7 +21,7 @@ import tensorflow as tf
 from pipeline.constants import PAD_ID
 from trainer.evaluation import EvalResult
 from trainer.pairs_data import PairSplit, pair_batches
-from trainer.training import Trainer
+from trainer.training import Trainer, replica_rows
 
 EVAL_BATCH = 128
 
@@ -33,10 +33,7 @@ class Seq2SeqTrainer(Trainer):
         return []
 
     def _replica_loss(self, batch, states, seed, replicas):
-        source, target_in, target_out = batch
-        rows = tf.shape(source)[0] // replicas
-        first = tf.cast(tf.distribute.get_replica_context().replica_id_in_sync_group, tf.int32) * rows
-        source, target_in, target_out = (t[first:first + rows] for t in (source, target_in, target_out))
+        source, target_in, target_out = replica_rows(batch, replicas)
         logits = self.model(source, target_in, training=True, seed=seed)
         nll = tf.nn.sparse_softmax_cross_entropy_with_logits(target_out, logits)
         weights = tf.not_equal(target_out, PAD_ID)

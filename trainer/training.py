@@ -58,21 +58,27 @@ def make_optimizer(config: TrainConfig, precision: str = "float32") -> keras.opt
     return optimizer
 
 
+def _cluster_task(strategy: tf.distribute.Strategy) -> tuple[dict, str, int] | None:
+    """(cluster spec, task type, task index) of a multi-worker strategy, else None."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    cluster = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    return (cluster, resolver.task_type, resolver.task_id) if cluster else None
+
+
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """True in every process but the non-chief workers of a multi-worker cluster."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.cluster_spec().as_dict():
+    task = _cluster_task(strategy)
+    if task is None:
         return True
-    task_type, task_id = resolver.task_type, resolver.task_id
-    if task_type == "chief":
-        return True
-    has_chief = "chief" in resolver.cluster_spec().as_dict()
-    return task_type == "worker" and task_id == 0 and not has_chief
+    cluster, task_type, task_id = task
+    return task_type == "chief" or (task_type == "worker" and task_id == 0 and "chief" not in cluster)
 
 
-def _task_key() -> str:
-    task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {})
-    return f"{task.get('type', 'worker')}-{task.get('index', 0)}"
+def replica_rows(tensors, replicas: int) -> list[tf.Tensor]:
+    """This replica's share of global-batch tensors [R*B, ...]: rows [r*B, (r+1)*B)."""
+    rows = tf.shape(tensors[0])[0] // replicas
+    first = tf.cast(tf.distribute.get_replica_context().replica_id_in_sync_group, tf.int32) * rows
+    return [t[first:first + rows] for t in tensors]
 
 
 class Trainer:
@@ -109,8 +115,11 @@ class Trainer:
         self.checkpoint_dir = os.path.join(run_dir, "checkpoints")
         # Only the chief's checkpoints are kept; the other workers write theirs (saving may
         # take part in collectives) to a private folder that is deleted right after.
-        write_dir = self.checkpoint_dir if self.is_chief else os.path.join(
-            run_dir, "workers", f"{_task_key()}")
+        if self.is_chief:
+            write_dir = self.checkpoint_dir
+        else:
+            _, task_type, task_id = _cluster_task(self.strategy)
+            write_dir = os.path.join(run_dir, "workers", f"{task_type}-{task_id}")
         self._write_dir = write_dir
         self._manager = tf.train.CheckpointManager(self._checkpoint, write_dir, max_to_keep=2)
         self.run_dir = run_dir
@@ -129,15 +138,11 @@ class Trainer:
     def _replica_loss(self, batch, states, seed, replicas):
         """One replica's share of the global batch -> (nll [..], weights [..] or None,
         normalizer, new states); the loss is sum(nll * weights) / normalizer."""
-        x, y = batch
-        rows = tf.shape(x)[0] // replicas
-        first = tf.cast(tf.distribute.get_replica_context().replica_id_in_sync_group, tf.int32) * rows
-        x, y = x[first:first + rows], y[first:first + rows]
-        states = [s[first:first + rows] for s in states]
+        x, y, *states = replica_rows([*batch, *states], replicas)
         logits, new_states = self.model(x, states, training=True, seed=seed)
         nll = tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits)
         # Zaremba et al.: summed over the window, averaged over the (global) batch.
-        return nll, None, tf.cast(rows * replicas, nll.dtype), new_states
+        return nll, None, tf.cast(tf.shape(x)[0] * replicas, nll.dtype), new_states
 
     def _epoch_batches(self, train_data, epoch: int, skip: int) -> tf.data.Dataset:
         return bptt_dataset(train_data, self.global_batch, self.config.bptt, skip=skip)

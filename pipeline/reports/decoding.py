@@ -22,7 +22,8 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from pipeline.reports.report_files import report_dir, write_csv, write_json, write_markdown_table
+from pipeline.reports.report_files import (
+    label_axes, pyplot, report_dir, save_figure, write_csv, write_json, write_markdown_table)
 from serving.generation_module import GenerationModule, input_specs
 from serving.knobs import KNOB_SPECS
 
@@ -112,10 +113,7 @@ def decoding_report(model, tokenizer, prompts: list[str], out_base: str, max_new
 
 
 def _plot(folder: str, rows: list[dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 5), dpi=100)
     families = {"greedy": "black", "beam": "tab:blue", "sample": "tab:red", "top_k": "tab:green", "top_p": "tab:purple"}
@@ -126,22 +124,12 @@ def _plot(folder: str, rows: list[dict]) -> None:
                     fontsize=5, alpha=0.7)
     for family, color in families.items():
         ax.scatter([], [], color=color, label=family)
-    ax.set_xlabel("model log-probability per token (higher: more probable text)")
-    ax.set_ylabel("distinct-2 (higher: more diverse)")
-    ax.set_title("Diversity against probability")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(os.path.join(folder, "diversity_vs_logprob.png"))
-    plt.close(fig)
+    label_axes(ax, "model log-probability per token (higher: more probable text)",
+               "distinct-2 (higher: more diverse)", "Diversity against probability")
+    save_figure(fig, os.path.join(folder, "diversity_vs_logprob.png"))
     beams = [r for r in rows if r["decoder"].startswith("beam")]
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
     ax.plot(list(BEAM_WIDTHS), [r["mean_length"] for r in beams], "o-")
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("beam width")
-    ax.set_ylabel("mean generated length (tokens)")
-    ax.set_title("Larger beams, shorter texts")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(os.path.join(folder, "length_vs_beam.png"))
-    plt.close(fig)
+    label_axes(ax, "beam width", "mean generated length (tokens)", "Larger beams, shorter texts", legend=False)
+    save_figure(fig, os.path.join(folder, "length_vs_beam.png"))

@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline.constants import EOS_ID
-from pipeline.reports.report_files import report_dir, write_csv, write_json
+from pipeline.reports.report_files import pyplot, report_dir, save_figure, write_csv, write_json
 from trainer.lstm import LSTM
 
 GATES = ("forget", "input", "output")
@@ -68,10 +68,7 @@ def _chosen_units(traces, units: int) -> list[np.ndarray]:
 
 
 def _plot_heatmaps(folder, traces, tokens, chosen) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     for index, (trace, units) in enumerate(zip(traces, chosen)):
         fig, axes = plt.subplots(4, 1, figsize=(max(6, len(tokens) * 0.25), 9), dpi=100, sharex=True)
@@ -86,16 +83,11 @@ def _plot_heatmaps(folder, traces, tokens, chosen) -> None:
         if len(tokens) <= 80:
             axes[-1].set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=6)
         fig.suptitle(f"LSTM layer {index}: gates and cell state over the text")
-        fig.tight_layout()
-        fig.savefig(os.path.join(folder, f"gates_layer{index}.png"))
-        plt.close(fig)
+        save_figure(fig, os.path.join(folder, f"gates_layer{index}.png"))
 
 
 def _plot_distributions(folder, traces) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, len(traces), figsize=(5 * len(traces), 3.5), dpi=100, squeeze=False)
     for index, trace in enumerate(traces):
@@ -107,6 +99,4 @@ def _plot_distributions(folder, traces) -> None:
         ax.set_title(f"layer {index}: gate values (shaded: saturated)")
         ax.set_xlabel("activation")
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(os.path.join(folder, "gate_distributions.png"))
-    plt.close(fig)
+    save_figure(fig, os.path.join(folder, "gate_distributions.png"))

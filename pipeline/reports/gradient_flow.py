@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline.config import TrainConfig
-from pipeline.reports.report_files import report_dir, write_csv, write_json
+from pipeline.reports.report_files import label_axes, pyplot, report_dir, save_figure, write_csv, write_json
 from trainer.language_model import build_language_model
 from trainer.training import Trainer
 
@@ -134,34 +134,20 @@ def gradient_flow_report(train_stream: np.ndarray, vocab_size: int, out_base: st
 
 
 def _plot(folder: str, curves: dict, accuracy: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     styles = {"rnn": "tab:red", "lstm": "tab:blue"}
     for (cell, stage), norms in curves.items():
         ax.semilogy(np.arange(1, len(norms) + 1), np.maximum(norms, 1e-30), color=styles[cell],
                     linestyle="--" if stage == "init" else "-", label=f"{cell} ({stage})")
-    ax.set_xlabel("distance T - t (steps back from the loss)")
-    ax.set_ylabel("mean ||dL_T / dh_t||")
-    ax.set_title("Gradient flow back through time")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(os.path.join(folder, "gradient_flow.png"))
-    plt.close(fig)
+    label_axes(ax, "distance T - t (steps back from the loss)", "mean ||dL_T / dh_t||",
+               "Gradient flow back through time")
+    save_figure(fig, os.path.join(folder, "gradient_flow.png"))
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for cell, by_k in accuracy.items():
         ax.plot([int(k) for k in by_k], list(by_k.values()), "o-", color=styles[cell], label=cell)
     ax.axhline(1 / SYMBOLS, color="gray", linestyle=":", label="chance")
-    ax.set_xlabel("k: steps between the token and its recall")
-    ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1.05)
-    ax.set_title("Long-range recall")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(os.path.join(folder, "long_range.png"))
-    plt.close(fig)
+    label_axes(ax, "k: steps between the token and its recall", "accuracy", "Long-range recall")
+    save_figure(fig, os.path.join(folder, "long_range.png"))

@@ -1,4 +1,5 @@
-"""Writing a report's numbers (CSV, JSON, Markdown) and logging the folder to MLflow."""
+"""Writing a report's numbers (CSV, JSON, Markdown) and figures, and logging the folder
+to MLflow."""
 
 from __future__ import annotations
 
@@ -51,3 +52,30 @@ def log_metrics_to_run(tracking_uri: str, run_id: str | None, metrics: dict[str,
     from trainer.tracking import log_run_metrics
 
     return log_run_metrics(tracking_uri, run_id, metrics)
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (files only, no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def label_axes(ax, xlabel: str, ylabel: str, title: str, legend: bool = True) -> None:
+    """Axis labels, title, a light grid and (optionally) the legend of a report plot."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if legend:
+        ax.legend()
+    ax.grid(alpha=0.3)
+
+
+def save_figure(fig, path: str, **savefig_args) -> None:
+    """Lays out, writes and closes a figure."""
+    fig.tight_layout()
+    fig.savefig(path, **savefig_args)
+    pyplot().close(fig)

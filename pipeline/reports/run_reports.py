@@ -51,20 +51,17 @@ def run_report(name: str, config: PipelineConfig, model_dir: str, text: str | No
         kind = "sequence-to-sequence" if seq2seq else "language"
         fits = SEQ2SEQ_REPORTS if seq2seq else tuple(r for r in REPORTS if r not in SEQ2SEQ_REPORTS)
         raise ConfigError(f"the {name} report does not fit a {kind} model; choose one of {', '.join(fits)}")
+    tokenizer = None if seq2seq else Tokenizer.from_dir(model_dir)  # pairs have two: pair_tokenizers
     if name == "translation":
         from pipeline.pair_records import pair_tokenizers
         from pipeline.reports.translation import translation_report
 
         summary = translation_report(load_trained_model(model_dir), pair_tokenizers(model_dir),
                                      metrics["dataset_dir"], out_base)
-        folder = os.path.join(out_base, name)
         log_metrics_to_run(config.tracking.uri, metrics.get("mlflow_run_id"), {
             f"{split}_bleu_{method}": summary[split][method]["bleu"]
             for split in summary for method in ("greedy", "beam_search")})
-        log_to_run(folder, config.tracking.uri, metrics.get("mlflow_run_id"), name)
-        return folder
-    tokenizer = Tokenizer.from_dir(model_dir)
-    if name == "gradients":
+    elif name == "gradients":
         from pipeline.reports.gradient_flow import gradient_flow_report
         from trainer.data import load_token_stream
 

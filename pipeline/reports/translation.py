@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline.constants import BOS_ID
-from pipeline.reports.report_files import report_dir, write_csv, write_json
+from pipeline.reports.report_files import pyplot, report_dir, save_figure, write_csv, write_json
 
 METHODS = ("greedy", "beam_search")
 
@@ -27,7 +27,7 @@ METHODS = ("greedy", "beam_search")
 def translation_report(model, tokenizers: dict, dataset_dir: str, out_base: str, beam_width: int = 5,
                        heatmaps: int = 4, samples: int = 20, splits=("valid", "test")) -> dict:
     """Writes bleu.json, samples.csv and attention_<i>.png; returns the bleu.json content."""
-    from serving.translation_eval import corpus_bleu, decode_sources, detokenize, source_texts
+    from serving.translation_eval import corpus_bleu, detokenize, source_texts
     from trainer.pairs_data import load_pairs
     from trainer.seq2seq_training import evaluate_pairs
 
@@ -51,8 +51,7 @@ def translation_report(model, tokenizers: dict, dataset_dir: str, out_base: str,
                                     "greedy": results["greedy"].hypotheses[i],
                                     "beam_search": results["beam_search"].hypotheses[i]})
             chosen = [pairs.source(i) for i in range(min(heatmaps, len(pairs)))]
-            outputs = decode_sources(model, chosen, "greedy")
-            for i, (source, output) in enumerate(zip(chosen, outputs)):
+            for i, (source, output) in enumerate(zip(chosen, results["greedy"].outputs)):
                 weights = attention_weights(model, source, output)
                 _plot(os.path.join(folder, f"attention_{i}.png"), weights,
                       _tokens(tokenizers["source"], source), _tokens(tokenizers["target"], output) + ["<eos>"],
@@ -76,11 +75,7 @@ def _tokens(tokenizer, ids) -> list[str]:
 
 
 def _plot(path: str, weights: np.ndarray, source_tokens: list[str], output_tokens: list[str], title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(4, 0.45 * len(source_tokens) + 2), max(3, 0.4 * len(output_tokens) + 1.5)))
     ax.imshow(weights, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
     ax.set_xticks(range(len(source_tokens)), source_tokens, rotation=60, ha="right", fontsize=8)
@@ -88,6 +83,4 @@ def _plot(path: str, weights: np.ndarray, source_tokens: list[str], output_token
     ax.set_xlabel("source")
     ax.set_ylabel("output (greedy)")
     ax.set_title(title[:80], fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
