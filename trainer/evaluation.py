@@ -45,8 +45,7 @@ def make_eval_step(model):
 
     @tf.function(input_signature=[ids, ids, state])
     def eval_step(x, y, states):
-        logits, new_states = model(x, states, training=False)
-        nll = tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits)
+        nll, new_states = model.nll(x, y, states, training=False)
         return tf.reduce_sum(tf.cast(nll, tf.float64)), new_states
 
     return eval_step

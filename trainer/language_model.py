@@ -22,6 +22,7 @@ import tensorflow as tf
 from trainer.lstm import LSTM
 from trainer.recurrent_base import dropout_mask
 from trainer.rnn import SimpleRNN
+from trainer.output_layer import output_layer_nll, output_logits
 
 CELLS = {"lstm": LSTM, "rnn": SimpleRNN}
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -120,6 +121,27 @@ class LanguageModel(keras.Model):
     def call(self, inputs, states=None, training=False, seed=None, mask=None):
         """ids [B, T] -> (logits [B, T, V] float32, new states). `seed` [2] keys dropout;
         `mask` [B, T] marks real positions (padding leaves the state unchanged)."""
+        x, new_states = self._features(inputs, states, training, seed, mask)
+        return self._logits(x), new_states
+
+    def nll(self, inputs, targets, states=None, training=False, seed=None):
+        """ids [B, T], targets [B, T] -> (nll [B, T] float32, new states): the negative
+        log-likelihood of each target, with the output layer and its cross-entropy fused
+        (`trainer.output_layer`), so the [B, T, V] logits are never materialised twice.
+
+        Example:
+            >>> lm = LanguageModel(vocab_size=12, embedding_dim=4, hidden_dim=4)
+            >>> nll, states = lm.nll(tf.zeros([3, 5], tf.int32), tf.ones([3, 5], tf.int32))
+            >>> nll.shape
+            TensorShape([3, 5])
+        """
+        x, new_states = self._features(inputs, states, training, seed, None)
+        nll = output_layer_nll(x, targets, self.embedding, self.projection, self.output_layer,
+                               self.output_bias if self.tie_embeddings else None)
+        return nll, new_states
+
+    def _features(self, inputs, states, training, seed, mask):
+        """ids [B, T] -> (last recurrent layer's outputs after dropout [B, T, H], states)."""
         ids = tf.convert_to_tensor(inputs)
         batch = tf.shape(ids)[0]
         states = list(states) if states is not None else self.initial_state(batch)
@@ -134,7 +156,7 @@ class LanguageModel(keras.Model):
                                     seed=layer_seed, mask=mask)
             x = self._dropout(x, training, seed, i + 1)
             new_states += [tf.cast(s, tf.float32) for s in layer_states]
-        return self._logits(x), new_states
+        return x, new_states
 
     def step(self, token_ids, states):
         """One token per row: ids [B] -> (logits [B, V], new states). For the decoders:
@@ -155,15 +177,8 @@ class LanguageModel(keras.Model):
         return tf.gather(logits, prompt_lengths - 1, batch_dims=1), states
 
     def _logits(self, x):
-        x = tf.cast(x, self.embedding.compute_dtype)  # 16-bit under the mixed policies
-        if self.projection is not None:
-            x = self.projection(x)
-        if self.tie_embeddings:
-            table = tf.cast(self.embedding.embeddings, x.dtype)
-            logits = tf.einsum("bth,vh->btv", x, table) + tf.cast(self.output_bias, x.dtype)
-        else:
-            logits = self.output_layer(x)
-        return tf.cast(logits, tf.float32)
+        return output_logits(x, self.embedding, self.projection, self.output_layer,
+                             self.output_bias if self.tie_embeddings else None)
 
     def _dropout(self, x, training, seed, salt):
         if not training or self.dropout <= 0:

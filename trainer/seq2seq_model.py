@@ -45,6 +45,7 @@ from trainer.attention import get_attention
 from trainer.language_model import PRECISIONS
 from trainer.lstm import LSTM
 from trainer.recurrent_base import dropout_mask
+from trainer.output_layer import output_layer_nll, output_logits
 
 PASS_THROUGH = 3  # memory, keys, source_mask: the last state entries, never changed by `step`
 
@@ -206,6 +207,20 @@ class Seq2SeqModel(keras.Model):
         `seed` [2] keys dropout, so a training step is a pure function of its inputs."""
         if target_in is None:
             raise ValueError("Seq2SeqModel needs target_in: call model(source_ids, target_in)")
+        attentional, weights = self._teacher_forced(source_ids, target_in, source_lengths, training, seed)
+        logits = self._logits(attentional)
+        return (logits, weights) if return_attention else logits
+
+    def nll(self, source_ids, target_in, target_out, training=False, seed=None):
+        """Teacher forcing with the output layer and cross-entropy fused
+        (`trainer.output_layer`): -> nll [B, T] float32 of each `target_out` token
+        (padding included: the caller weights it)."""
+        attentional, _ = self._teacher_forced(source_ids, target_in, None, training, seed)
+        return output_layer_nll(attentional, target_out, self.target_embedding, self.projection,
+                                self.output_layer, self.output_bias if self.tie_embeddings else None)
+
+    def _teacher_forced(self, source_ids, target_in, source_lengths, training, seed):
+        """-> (attentional vectors after dropout [B, T, H], attention weights [B, T, S])."""
         seed = tf.constant([0, 0], tf.int32) if seed is None else tf.cast(seed, tf.int32)
         memory, keys, mask, states = self._encode(source_ids, source_lengths, training, seed)
         y = self._dropout(self.target_embedding(tf.convert_to_tensor(target_in)), training, seed, 200)
@@ -217,8 +232,7 @@ class Seq2SeqModel(keras.Model):
                              seed=seed + [0, 30_000 + 1000 * i])
                 y = self._dropout(y, training, seed, 201 + i)
             attentional, weights = self._attend(y, memory, keys, mask)
-        logits = self._logits(self._dropout(attentional, training, seed, 300))
-        return (logits, weights) if return_attention else logits
+        return self._dropout(attentional, training, seed, 300), weights
 
     def _decode_fed(self, y, states, memory, keys, mask, training, seed):
         """Input feeding makes each step depend on the last: a loop over layer steps, with
@@ -287,15 +301,8 @@ class Seq2SeqModel(keras.Model):
     # ---- shared --------------------------------------------------------------------
 
     def _logits(self, x):
-        x = tf.cast(x, self.target_embedding.compute_dtype)
-        if self.projection is not None:
-            x = self.projection(x)
-        if self.tie_embeddings:
-            table = tf.cast(self.target_embedding.embeddings, x.dtype)
-            logits = tf.einsum("bth,vh->btv", x, table) + tf.cast(self.output_bias, x.dtype)
-        else:
-            logits = self.output_layer(x)
-        return tf.cast(logits, tf.float32)
+        return output_logits(x, self.target_embedding, self.projection, self.output_layer,
+                             self.output_bias if self.tie_embeddings else None)
 
     def _dropout_mask(self, batch, size, training, seed, salt):
         if not training or self.dropout <= 0:

@@ -34,8 +34,7 @@ class Seq2SeqTrainer(Trainer):
 
     def _replica_loss(self, batch, states, seed, replicas):
         source, target_in, target_out = replica_rows(batch, replicas)
-        logits = self.model(source, target_in, training=True, seed=seed)
-        nll = tf.nn.sparse_softmax_cross_entropy_with_logits(target_out, logits)
+        nll = self.model.nll(source, target_in, target_out, training=True, seed=seed)
         weights = tf.not_equal(target_out, PAD_ID)
         tokens = tf.reduce_sum(tf.cast(weights, tf.float32))
         if replicas > 1:
@@ -69,8 +68,7 @@ def make_pairs_eval_step(model):
 
     @tf.function(input_signature=[ids, ids, ids])
     def eval_step(source, target_in, target_out):
-        logits = model(source, target_in, training=False)
-        nll = tf.nn.sparse_softmax_cross_entropy_with_logits(target_out, logits)
+        nll = model.nll(source, target_in, target_out, training=False)
         weights = tf.cast(tf.not_equal(target_out, PAD_ID), tf.float64)
         return tf.reduce_sum(tf.cast(nll, tf.float64) * weights), tf.reduce_sum(weights)
 

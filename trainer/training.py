@@ -139,8 +139,7 @@ class Trainer:
         """One replica's share of the global batch -> (nll [..], weights [..] or None,
         normalizer, new states); the loss is sum(nll * weights) / normalizer."""
         x, y, *states = replica_rows([*batch, *states], replicas)
-        logits, new_states = self.model(x, states, training=True, seed=seed)
-        nll = tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits)
+        nll, new_states = self.model.nll(x, y, states, training=True, seed=seed)
         # Zaremba et al.: summed over the window, averaged over the (global) batch.
         return nll, None, tf.cast(tf.shape(x)[0] * replicas, nll.dtype), new_states
 

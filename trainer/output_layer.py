@@ -1,0 +1,111 @@
+"""The models' output layer: logits for decoding, and logits + cross-entropy fused for training.
+
+A language model's output layer (hidden [N, H] -> logits [N, V]) and its loss are most of
+a training step at a 10k vocabulary (the Zaremba small model: ~60% of the time). Written
+as `Dense` + `tf.nn.sparse_softmax_cross_entropy_with_logits`, TensorFlow on CPU spends
+more time in the cross-entropy kernel (single pass per row, ~21 ms at [700, 10000] here)
+than in either matmul (~9.5 ms), then adds passes over the logits for the bias, the
+incoming-gradient broadcast and the bias gradient. Here the softmax is the library's fast
+one (oneDNN, ~2.5 ms), the NLL is read off it, and the backward pass is written by hand:
+
+    p = softmax(h W + b)            nll_n = -log p[n, y_n]
+    d_logits = g_n (p - onehot(y))  (g_n: the incoming gradient of nll_n)
+    dh = (p - onehot) W^T * g       dW = (h * g)^T (p - onehot)     db = g^T (p - onehot)
+
+so the [N, V] gradient is formed once and `g` is applied to the small operands.
+Values and gradients equal the unfused layers' to float32 round-off (tests). A target whose
+probability underflows float32 (NLL above ~87 nats, never seen in training but possible
+from a hand-built model) takes an exact log-sum-exp path instead.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+_TINY = 1e-30  # below this, -log(p) is recomputed exactly from the logits
+
+
+def softmax_nll(hidden, kernel, bias, labels, kernel_rows_are_classes: bool = False):
+    """Per-row negative log-likelihood of `labels` under softmax(hidden @ kernel + bias).
+
+    Args:
+        hidden: [N, H] (float32, or the 16-bit compute dtype under mixed precision).
+        kernel: [H, V], or [V, H] when `kernel_rows_are_classes` (a tied embedding table).
+        bias: [V] or None.
+        labels: [N] int32 class ids.
+    Returns:
+        nll [N] float32 (logits and softmax are computed in float32).
+
+    Example:
+        >>> h = tf.constant([[1.0, 0.0]]); w = tf.constant([[2.0, 0.0], [0.0, 0.0]])
+        >>> float(softmax_nll(h, w, None, tf.constant([0]))[0])  # -log(e^2 / (e^2 + 1))
+        0.126928...
+    """
+    compute = hidden.dtype
+    kernel = tf.cast(kernel, compute)
+    with_bias = bias is not None
+    bias = tf.cast(bias, tf.float32) if with_bias else tf.zeros([0], tf.float32)
+    labels = tf.cast(labels, tf.int32)
+
+    @tf.custom_gradient
+    def fused(hidden, kernel, bias):
+        logits = tf.cast(tf.matmul(hidden, kernel, transpose_b=kernel_rows_are_classes), tf.float32)
+        if with_bias:
+            logits = tf.nn.bias_add(logits, bias)
+        probs = tf.nn.softmax(logits)
+        rows = tf.shape(labels)[0]
+        target = tf.stack([tf.range(rows), labels], axis=1)
+        p_target = tf.gather_nd(probs, target)
+        nll = tf.cond(tf.reduce_all(p_target > _TINY),
+                      lambda: -tf.math.log(p_target),
+                      lambda: tf.reduce_logsumexp(logits, axis=-1) - tf.gather_nd(logits, target))
+
+        def grad(g):
+            d_logits = tf.cast(tf.tensor_scatter_nd_sub(probs, target, tf.ones([rows], probs.dtype)), compute)
+            g_col = tf.cast(g[:, None], compute)
+            if kernel_rows_are_classes:
+                d_hidden = tf.matmul(d_logits, kernel) * g_col
+                d_kernel = tf.matmul(d_logits, hidden * g_col, transpose_a=True)
+            else:
+                d_hidden = tf.matmul(d_logits, kernel, transpose_b=True) * g_col
+                d_kernel = tf.matmul(hidden * g_col, d_logits, transpose_a=True)
+            d_bias = tf.matmul(tf.cast(g[None, :], compute), d_logits)[0] if with_bias else tf.zeros([0])
+            return d_hidden, d_kernel, tf.cast(d_bias, tf.float32)
+
+        return nll, grad
+
+    return fused(hidden, kernel, bias)
+
+
+def output_layer_nll(x, targets, embedding, projection=None, output_layer=None, output_bias=None):
+    """A model's output layer and NLL, fused: x [..., H] float, targets [...] int -> nll [...].
+
+    The output layer is `output_layer` (a Dense H -> V), or, when it is None, the
+    embedding table tied (`embedding.embeddings` [V, E]) with `output_bias` [V], after the
+    optional `projection` (H -> E). `x` is cast to the embedding's compute dtype first, as
+    the models' `_logits` do.
+    """
+    x = tf.cast(x, embedding.compute_dtype)
+    if projection is not None:
+        x = projection(x)
+    flat = tf.reshape(x, [-1, tf.shape(x)[-1]])
+    labels = tf.reshape(targets, [-1])
+    if output_layer is None:
+        nll = softmax_nll(flat, embedding.embeddings, output_bias, labels, kernel_rows_are_classes=True)
+    else:
+        nll = softmax_nll(flat, output_layer.kernel, output_layer.bias, labels)
+    return tf.reshape(nll, tf.shape(targets))
+
+
+def output_logits(x, embedding, projection=None, output_layer=None, output_bias=None):
+    """The same output layer unfused: x [..., H] -> logits [..., V] float32 (for decoding,
+    scoring and reports). Arguments as in `output_layer_nll`."""
+    x = tf.cast(x, embedding.compute_dtype)  # 16-bit under the mixed policies
+    if projection is not None:
+        x = projection(x)
+    if output_layer is None:
+        table = tf.cast(embedding.embeddings, x.dtype)
+        logits = tf.einsum("...h,vh->...v", x, table) + tf.cast(output_bias, x.dtype)
+    else:
+        logits = output_layer(x)
+    return tf.cast(logits, tf.float32)
