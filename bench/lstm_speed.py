@@ -6,8 +6,10 @@ full training step (forward, backward, clipping, SGD update, 10k-way softmax) is
   ours      our LSTM layer, float32
   ours-bf16 our LSTM layer with train.precision=mixed_bfloat16
 and the tokens/s of each, its ratio to the baseline of the same run, and the fraction of
-this machine's matmul rate (measured here, 2048^3, float32 and bfloat16) that it reaches.
-Also the latency of one `step` (one token) at batch 1.
+this machine's matmul rate (measured here, 2048^3, float32 and bfloat16) that it reaches;
+the floor (the step's matmul FLOPs at that rate) is printed per shape. Also the recurrent
+layer alone (forward + backward of one layer, [20, 35, H] in, the rest of the model left
+out) and the latency of one `step` (one token) at batch 1.
 
 Usage: python bench/lstm_speed.py [--shapes small medium] [--steps 20]
 """
@@ -102,6 +104,27 @@ def time_training(model, steps: int, tmp: str, batch: int = BATCH, strategy=None
     return rows * BPTT * steps / (time.perf_counter() - start)
 
 
+def layer_time(layer, hidden: int, repeats: int = 20) -> float:
+    """Seconds for forward + backward of one recurrent layer on x [BATCH, BPTT, hidden]."""
+    x = tf.random.stateless_normal([BATCH, BPTT, hidden], seed=[0, 1])
+
+    @tf.function
+    def forward_backward(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            outputs, _ = layer(x, training=True)
+            loss = tf.reduce_sum(tf.cast(outputs, tf.float32))
+        return tape.gradient(loss, [x, *layer.trainable_variables])
+
+    for _ in range(3):
+        forward_backward(x)[0].numpy()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        grads = forward_backward(x)
+    grads[0].numpy()
+    return (time.perf_counter() - start) / repeats
+
+
 def step_latency(model, calls: int = 200) -> float:
     step = tf.function(model.step)
     ids = tf.constant([5], tf.int32)
@@ -127,22 +150,29 @@ def main() -> None:
     print(f"matmul 2048^3 on this machine: float32 {peak['float32'] / 1e9:,.0f} GFLOP/s, "
           f"bfloat16 {peak['bfloat16'] / 1e9:,.0f} GFLOP/s")
     print(f"{'shape':7s} {'layer':10s} {'train tok/s':>12s} {'vs keras':>9s} {'GFLOP/s':>8s} "
-          f"{'of peak':>8s} {'step@B=1':>10s}")
+          f"{'of peak':>8s} {'layer ms':>9s} {'vs keras':>9s} {'step@B=1':>10s}")
     for shape in args.shapes:
         hidden = SHAPES[shape]
-        base = None
+        floor = train_flops_per_token(hidden) * BATCH * BPTT / peak["float32"]
+        print(f"{shape}: floor {floor * 1e3:.0f} ms/step = {BATCH * BPTT / floor:,.0f} tok/s "
+              f"(matmul FLOPs of the step at the float32 rate)")
+        base = base_layer = None
         for kind in args.kinds:
             keras.utils.set_random_seed(0)
             model = build(hidden, kind)
             with tempfile.TemporaryDirectory() as tmp:
                 rate = time_training(model, args.steps, tmp)
+            layer = layer_time(model.recurrent[1], hidden)
             latency = step_latency(model)
             base = rate if kind == "keras" else base
+            base_layer = layer if kind == "keras" else base_layer
             flops = rate * train_flops_per_token(hidden)
             dtype = "bfloat16" if kind == "ours-bf16" else "float32"
             ratio = f"{rate / base:.2f}x" if base else "-"
+            layer_ratio = f"{base_layer / layer:.2f}x" if base_layer else "-"
             print(f"{shape:7s} {kind:10s} {rate:>12,.0f} {ratio:>9s} {flops / 1e9:>8.0f} "
-                  f"{flops / peak[dtype]:>8.1%} {latency * 1e3:>8.2f}ms", flush=True)
+                  f"{flops / peak[dtype]:>8.1%} {layer * 1e3:>9.1f} {layer_ratio:>9s} "
+                  f"{latency * 1e3:>8.2f}ms", flush=True)
 
 
 if __name__ == "__main__":

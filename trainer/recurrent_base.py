@@ -92,8 +92,8 @@ class RecurrentLayer(keras.layers.Layer):
         if training and self.recurrent_dropout > 0:
             rec_mask = dropout_mask([batch, self.units], self.recurrent_dropout, seed, 2, tf.float32)
         kernel = tf.cast(self.kernel, x.dtype)
+        x = tf.transpose(x, [1, 0, 2])  # time-major [T, B, D]: gates times smaller than xw
         xw = tf.tensordot(x, kernel, axes=1) + tf.cast(self.bias, x.dtype)  # one big matmul
-        xw = tf.transpose(xw, [1, 0, 2])  # [T, B, gates*H]
         mask_tm = None if mask is None else tf.transpose(tf.cast(mask, tf.bool), [1, 0])
         u = tf.cast(tf.convert_to_tensor(self.recurrent_kernel), x.dtype)
         outputs, final = self._run(xw, states, mask_tm, u, rec_mask)
