@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 
 import keras
 
@@ -34,6 +35,7 @@ from pipeline.errors import ClusterError, InputDataError
 from trainer.curves import plot_learning_curves
 from trainer.data import load_token_stream, num_windows
 from trainer.distribute import make_strategy
+from trainer.hardware import precision_warning
 from trainer.language_model import build_language_model
 from trainer.pairs_data import load_pairs
 from trainer.seq2seq_model import build_seq2seq_model
@@ -150,6 +152,9 @@ def train_language_model(config: PipelineConfig, dataset_dir: str, verbose: bool
     name = "seq2seq" if seq2seq else config.model.cell
     run_id = tracker.start(f"{name}-{os.path.basename(run_dir)}", params, _tags(stats), run_id)
     _write_text(os.path.join(run_dir, _RUN_ID_FILE), run_id)
+    slow = precision_warning(config.train.precision)
+    if slow:
+        print(f"lmpipe: warning: {slow}", file=sys.stderr, flush=True)
     if verbose:
         print(f"training {'seq2seq model' if seq2seq else config.model.cell + ' LM'} "
               f"({model.count_params():,} parameters) in {run_dir}"
