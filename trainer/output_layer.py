@@ -61,7 +61,8 @@ def softmax_nll(hidden, kernel, bias, labels, kernel_rows_are_classes: bool = Fa
                       lambda: tf.reduce_logsumexp(logits, axis=-1) - tf.gather_nd(logits, target))
 
         def grad(g):
-            d_logits = tf.cast(tf.tensor_scatter_nd_sub(probs, target, tf.ones([rows], probs.dtype)), compute)
+            d_logits32 = tf.tensor_scatter_nd_sub(probs, target, tf.ones([rows], probs.dtype))
+            d_logits = tf.cast(d_logits32, compute)
             g_col = tf.cast(g[:, None], compute)
             if kernel_rows_are_classes:
                 d_hidden = tf.matmul(d_logits, kernel) * g_col
@@ -69,8 +70,8 @@ def softmax_nll(hidden, kernel, bias, labels, kernel_rows_are_classes: bool = Fa
             else:
                 d_hidden = tf.matmul(d_logits, kernel, transpose_b=True) * g_col
                 d_kernel = tf.matmul(hidden * g_col, d_logits, transpose_a=True)
-            d_bias = tf.matmul(tf.cast(g[None, :], compute), d_logits)[0] if with_bias else tf.zeros([0])
-            return d_hidden, d_kernel, tf.cast(d_bias, tf.float32)
+            d_bias = tf.matmul(g[None, :], d_logits32)[0] if with_bias else tf.zeros([0])  # float32
+            return d_hidden, d_kernel, d_bias
 
         return nll, grad
 
