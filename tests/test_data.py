@@ -35,3 +35,14 @@ def test_stream_restores_document_order(tmp_path):
             for ids, doc, offset in part:
                 w.write(encode_example(ids, doc, offset))
     assert load_token_stream(str(tmp_path), "train").tolist() == [3, 4, 5, 6, 9, 7, 8]
+
+
+def test_training_iterators_start_no_autotune_thread():
+    """An autotuning iterator's model thread made every epoch end wait up to 60 s."""
+    from trainer.pairs_data import PairSplit, pair_batches
+
+    assert bptt_dataset(np.arange(50), batch_size=2, bptt=3).options().autotune.enabled is False
+    pairs = PairSplit(pair=np.array([0, 1]), source_values=np.array([4, 5, 6], np.int32),
+                      source_splits=np.array([0, 2, 3]), target_values=np.array([7, 8, 9, 3], np.int32),
+                      target_splits=np.array([0, 2, 4]))
+    assert pair_batches(pairs, batch_size=2).options().autotune.enabled is False

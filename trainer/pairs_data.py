@@ -25,8 +25,10 @@ import tensorflow as tf
 from pipeline.constants import BOS_ID, PAD_ID
 from pipeline.pair_records import FEATURE_PAIR, FEATURE_SOURCE_IDS, FEATURE_TARGET_IDS, PAIR_FEATURE_SPEC
 from pipeline.records import split_file_pattern
+from trainer.data import without_autotune
 
 AUTO = "auto"
+PARALLEL_CALLS = 2  # slicing a pair out of the in-memory tables is cheap
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +132,7 @@ def pair_batches(
     # resumed run rebuilds exactly the epoch it stopped in.
     order = np.random.default_rng(seed).permutation(len(pairs)) if shuffle else np.arange(len(pairs))
     ds = tf.data.Dataset.from_tensor_slices(order.astype(np.int64))
-    ds = ds.map(element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(element, num_parallel_calls=PARALLEL_CALLS, deterministic=True)
     ds = ds.bucket_by_sequence_length(
         lambda source, target_in, *_: tf.maximum(tf.shape(source)[0], tf.shape(target_in)[0]),
         bucket_boundaries=boundaries,
@@ -138,4 +140,4 @@ def pair_batches(
         padding_values=(pad, pad, pad) + ((tf.constant(0, tf.int64),) if with_pair else ()),
         drop_remainder=drop_remainder,
     )
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return without_autotune(ds.prefetch(2))  # see trainer.data.without_autotune
