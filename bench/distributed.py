@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -47,27 +46,18 @@ def worker(steps: int, batch: int, distribute: str) -> None:
         print(json.dumps({"tokens_per_sec": rate, "replicas": strategy.num_replicas_in_sync}))
 
 
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def run_setting(workers: int, batch: int, steps: int) -> dict:
     """Starts `workers` processes (TF_CONFIG when more than one); the chief's figures."""
-    ports = _free_ports(workers)
+    from trainer.distribute import local_tf_configs
+
+    tf_configs = local_tf_configs(workers)
     procs = []
     for index in range(workers):
         env = dict(os.environ)
         distribute = "none"
         if workers > 1:
             distribute = "multi_worker"
-            env["TF_CONFIG"] = json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
-                                           "task": {"type": "worker", "index": index}})
+            env["TF_CONFIG"] = tf_configs[index]
         command = [sys.executable, __file__, "--worker", "--steps", str(steps), "--batch", str(batch),
                    "--distribute", distribute]
         procs.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))

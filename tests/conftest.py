@@ -2,7 +2,6 @@
 
 import glob
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -10,6 +9,8 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
+
+from trainer.distribute import free_local_ports as free_ports  # noqa: E402,F401  (tests import it from here)
 
 CORPORA = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "corpora"))
 
@@ -19,17 +20,6 @@ def write(path, text, mode="w"):
     with open(path, mode) as f:
         f.write(text)
     return str(path)
-
-
-def free_ports(n=1):
-    """n TCP ports on 127.0.0.1 that were free a moment ago."""
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def start_lmpipe_serve(model_base, name, timeout=120):

@@ -11,8 +11,9 @@ import time
 import pytest
 
 from pipeline.cli import main
+from trainer.distribute import local_tf_configs
 
-from conftest import free_ports, latest_checkpoint_step, write
+from conftest import latest_checkpoint_step, write
 
 
 def _args(root, corpus, *extra):
@@ -29,9 +30,8 @@ def _metrics(root):
     return json.load(open(root / "train" / run / "model" / "metrics.json"))
 
 
-def _launch(root, corpus, ports, index, *extra):
-    env = dict(os.environ, TF_CONFIG=json.dumps({
-        "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": index}}))
+def _launch(root, corpus, tf_configs, index, *extra):
+    env = dict(os.environ, TF_CONFIG=tf_configs[index])
     command = [sys.executable, "-m", "pipeline.cli", "train",
                *_args(root, corpus, "--set", "train.distribute=multi_worker", "--set", "train.batch_size=4", *extra)]
     log = open(root / f"worker-{index}.log", "ab")
@@ -61,8 +61,8 @@ def test_two_workers_match_one_process_with_the_same_global_batch(tmp_path):
 
     two.mkdir()
     assert main(["preprocess", *_args(two, corpus)]) == 0
-    ports = free_ports(2)
-    codes, logs = _wait([_launch(two, corpus, ports, i) for i in range(2)], two)
+    tf_configs = local_tf_configs(2)
+    codes, logs = _wait([_launch(two, corpus, tf_configs, i) for i in range(2)], two)
     assert codes == [0, 0], logs
     got = _metrics(two)
     assert got["replicas"] == 2 and got["global_batch"] == 8
@@ -81,9 +81,9 @@ def test_killed_worker_restarts_and_the_run_completes(tmp_path):
     root = tmp_path / "run"
     root.mkdir()
     assert main(["preprocess", *_args(root, corpus)]) == 0
-    ports = free_ports(2)
+    tf_configs = local_tf_configs(2)
     extra = ("--set", "train.checkpoint_every=10", "--set", "train.epochs=3")
-    procs = [_launch(root, corpus, ports, i, *extra) for i in range(2)]
+    procs = [_launch(root, corpus, tf_configs, i, *extra) for i in range(2)]
     deadline = time.time() + 240
     while latest_checkpoint_step(root) < 20 and time.time() < deadline and all(p.poll() is None for p in procs):
         time.sleep(0.05)
@@ -96,8 +96,8 @@ def test_killed_worker_restarts_and_the_run_completes(tmp_path):
     procs[0].wait(timeout=120)  # coordination-service heartbeats tell it within seconds
     assert procs[0].returncode == 5  # ClusterError: one line saying how to resume
     assert "restart every worker with the same TF_CONFIG" in (root / "worker-0.log").read_text()
-    ports = free_ports(2)
-    codes, logs = _wait([_launch(root, corpus, ports, i, *extra) for i in range(2)], root)
+    tf_configs = local_tf_configs(2)
+    codes, logs = _wait([_launch(root, corpus, tf_configs, i, *extra) for i in range(2)], root)
     assert codes == [0, 0], logs
     metrics = _metrics(root)
     assert metrics["epochs"] == 3 and metrics["replicas"] == 2

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 
 import tensorflow as tf
 
@@ -59,3 +60,26 @@ def cluster_from_tf_config() -> dict:
     if not isinstance(members, list) or not isinstance(index, int) or not 0 <= index < len(members):
         raise ConfigError(f"TF_CONFIG task {task} is not in its cluster {cluster}; {fix}")
     return tf_config
+
+
+def free_local_ports(n: int = 1) -> list[int]:
+    """n TCP ports on 127.0.0.1 that were free a moment ago."""
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def local_tf_configs(workers: int) -> list[str]:
+    """TF_CONFIG values for `workers` processes on this machine (free ports on 127.0.0.1),
+    one per worker index: to try `train.distribute=multi_worker` without a cluster.
+
+    Example:
+        >>> json.loads(local_tf_configs(2)[1])["task"]
+        {'type': 'worker', 'index': 1}
+    """
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_local_ports(workers)]}
+    return [json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}) for i in range(workers)]

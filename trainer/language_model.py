@@ -22,7 +22,7 @@ import tensorflow as tf
 from trainer.lstm import LSTM
 from trainer.recurrent_base import dropout_mask
 from trainer.rnn import SimpleRNN
-from trainer.output_layer import output_layer_nll, output_logits
+from trainer.output_layer import OutputParts, output_layer_nll, output_logits
 
 CELLS = {"lstm": LSTM, "rnn": SimpleRNN}
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -136,8 +136,7 @@ class LanguageModel(keras.Model):
             TensorShape([3, 5])
         """
         x, new_states = self._features(inputs, states, training, seed, None)
-        nll = output_layer_nll(x, targets, self.embedding, self.projection, self.output_layer,
-                               self.output_bias if self.tie_embeddings else None)
+        nll = output_layer_nll(x, targets, self._output_parts())
         return nll, new_states
 
     def _features(self, inputs, states, training, seed, mask):
@@ -177,8 +176,11 @@ class LanguageModel(keras.Model):
         return tf.gather(logits, prompt_lengths - 1, batch_dims=1), states
 
     def _logits(self, x):
-        return output_logits(x, self.embedding, self.projection, self.output_layer,
-                             self.output_bias if self.tie_embeddings else None)
+        return output_logits(x, self._output_parts())
+
+    def _output_parts(self) -> OutputParts:
+        return OutputParts(self.embedding, self.projection, self.output_layer,
+                           self.output_bias if self.tie_embeddings else None)
 
     def _dropout(self, x, training, seed, salt):
         if not training or self.dropout <= 0:

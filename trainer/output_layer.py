@@ -20,6 +20,9 @@ from a hand-built model) takes an exact log-sum-exp path instead.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import keras
 import tensorflow as tf
 
 _TINY = 1e-30  # below this, -log(p) is recomputed exactly from the logits
@@ -78,35 +81,41 @@ def softmax_nll(hidden, kernel, bias, labels, kernel_rows_are_classes: bool = Fa
     return fused(hidden, kernel, bias)
 
 
-def output_layer_nll(x, targets, embedding, projection=None, output_layer=None, output_bias=None):
-    """A model's output layer and NLL, fused: x [..., H] float, targets [...] int -> nll [...].
+class OutputParts(NamedTuple):
+    """A model's output layer: `output_layer` (a Dense H -> V), or, when it is None, the
+    embedding table (`embedding.embeddings` [V, E]) tied with `output_bias` [V], after the
+    optional `projection` (H -> E). Inputs are cast to the embedding's compute dtype."""
 
-    The output layer is `output_layer` (a Dense H -> V), or, when it is None, the
-    embedding table tied (`embedding.embeddings` [V, E]) with `output_bias` [V], after the
-    optional `projection` (H -> E). `x` is cast to the embedding's compute dtype first, as
-    the models' `_logits` do.
-    """
-    x = tf.cast(x, embedding.compute_dtype)
-    if projection is not None:
-        x = projection(x)
+    embedding: keras.layers.Embedding
+    projection: keras.layers.Dense | None = None
+    output_layer: keras.layers.Dense | None = None
+    output_bias: tf.Variable | None = None
+
+
+def output_layer_nll(x, targets, parts: OutputParts):
+    """The output layer and NLL, fused: x [..., H] float, targets [...] int -> nll [...]."""
+    x = _output_input(x, parts)
     flat = tf.reshape(x, [-1, tf.shape(x)[-1]])
     labels = tf.reshape(targets, [-1])
-    if output_layer is None:
-        nll = softmax_nll(flat, embedding.embeddings, output_bias, labels, kernel_rows_are_classes=True)
+    if parts.output_layer is None:
+        nll = softmax_nll(flat, parts.embedding.embeddings, parts.output_bias, labels, kernel_rows_are_classes=True)
     else:
-        nll = softmax_nll(flat, output_layer.kernel, output_layer.bias, labels)
+        nll = softmax_nll(flat, parts.output_layer.kernel, parts.output_layer.bias, labels)
     return tf.reshape(nll, tf.shape(targets))
 
 
-def output_logits(x, embedding, projection=None, output_layer=None, output_bias=None):
+def output_logits(x, parts: OutputParts):
     """The same output layer unfused: x [..., H] -> logits [..., V] float32 (for decoding,
-    scoring and reports). Arguments as in `output_layer_nll`."""
-    x = tf.cast(x, embedding.compute_dtype)  # 16-bit under the mixed policies
-    if projection is not None:
-        x = projection(x)
-    if output_layer is None:
-        table = tf.cast(embedding.embeddings, x.dtype)
-        logits = tf.einsum("...h,vh->...v", x, table) + tf.cast(output_bias, x.dtype)
+    scoring and reports)."""
+    x = _output_input(x, parts)
+    if parts.output_layer is None:
+        table = tf.cast(parts.embedding.embeddings, x.dtype)
+        logits = tf.einsum("...h,vh->...v", x, table) + tf.cast(parts.output_bias, x.dtype)
     else:
-        logits = output_layer(x)
+        logits = parts.output_layer(x)
     return tf.cast(logits, tf.float32)
+
+
+def _output_input(x, parts: OutputParts):
+    x = tf.cast(x, parts.embedding.compute_dtype)  # 16-bit under the mixed policies
+    return parts.projection(x) if parts.projection is not None else x

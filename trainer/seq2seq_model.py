@@ -45,7 +45,7 @@ from trainer.attention import get_attention
 from trainer.language_model import PRECISIONS
 from trainer.lstm import LSTM
 from trainer.recurrent_base import dropout_mask
-from trainer.output_layer import output_layer_nll, output_logits
+from trainer.output_layer import OutputParts, output_layer_nll, output_logits
 
 PASS_THROUGH = 3  # memory, keys, source_mask: the last state entries, never changed by `step`
 
@@ -216,8 +216,7 @@ class Seq2SeqModel(keras.Model):
         (`trainer.output_layer`): -> nll [B, T] float32 of each `target_out` token
         (padding included: the caller weights it)."""
         attentional, _ = self._teacher_forced(source_ids, target_in, None, training, seed)
-        return output_layer_nll(attentional, target_out, self.target_embedding, self.projection,
-                                self.output_layer, self.output_bias if self.tie_embeddings else None)
+        return output_layer_nll(attentional, target_out, self._output_parts())
 
     def _teacher_forced(self, source_ids, target_in, source_lengths, training, seed):
         """-> (attentional vectors after dropout [B, T, H], attention weights [B, T, S])."""
@@ -301,8 +300,11 @@ class Seq2SeqModel(keras.Model):
     # ---- shared --------------------------------------------------------------------
 
     def _logits(self, x):
-        return output_logits(x, self.target_embedding, self.projection, self.output_layer,
-                             self.output_bias if self.tie_embeddings else None)
+        return output_logits(x, self._output_parts())
+
+    def _output_parts(self) -> OutputParts:
+        return OutputParts(self.target_embedding, self.projection, self.output_layer,
+                           self.output_bias if self.tie_embeddings else None)
 
     def _dropout_mask(self, batch, size, training, seed, salt):
         if not training or self.dropout <= 0:
