@@ -10,8 +10,9 @@
     lmpipe run [--config FILE] [Beam options];  lmpipe schedule --cron "0 3 * * *" [--systemd]
     lmpipe report gradients|gates|decoding [--config FILE] [--model-dir DIR]
 
-Exit codes: 0 success, 1 failure (or a failed serving check), 2 config or usage error, 3 unusable input data,
-4 MLflow tracking unreachable; lmpipe run adds 10 not better, 11 locked.
+Exit codes: 0 success, 1 failure (or a failed serving check), 2 config or usage error (a request the
+model refused included), 3 unusable or missing input, 4 a server unreachable (MLflow tracking, a model
+server); lmpipe run adds 10 not better, 11 locked.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import os
 import sys
 from typing import Callable
 
-from pipeline.errors import LmpipeError
+from pipeline.errors import InputDataError, LmpipeError, ServiceUnreachable, UsageError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported
 
@@ -163,7 +164,8 @@ def cmd_export(args, extra: list[str]) -> int:
     from serving.export import export_model
 
     result = export_model(model_dir, config.export.base_path, config.export.model_name,
-                          config.export.default_signature, config.export.max_new_tokens)
+                          config.export.default_signature, config.export.max_new_tokens,
+                          config.export.max_prompt_tokens, config.export.allow_unk)
     print(f"exported version {result.version}: {result.path}")
     if args.check:
         return _report_check(result.path)
@@ -171,6 +173,9 @@ def cmd_export(args, extra: list[str]) -> int:
 
 
 def cmd_check_export(args, extra: list[str]) -> int:
+    if not os.path.isdir(args.export_dir):
+        raise InputDataError(f"no export version folder {args.export_dir}; give a folder such as "
+                             "work/export/lm/1 (lmpipe export writes them)")
     return _report_check(args.export_dir)
 
 
@@ -178,23 +183,30 @@ def _report_check(path: str) -> int:
     from serving.check_export import check_export
 
     report = check_export(path)
-    for name, shapes in sorted(report["signatures"].items()):
-        print(f"  {name}: " + ", ".join(f"{k} {v}" for k, v in sorted(shapes.items())))
+    for record in report.get("warmup_records", []):
+        same = "equal to tf.saved_model.load" if record["equals_object_load"] else "DIFFERENT from tf.saved_model.load"
+        print(f"  warmup record {record['record']} {record['signature']}: ran in a TF Serving Session, "
+              + ", ".join(f"{k} {v}" for k, v in sorted(record["outputs"].items())) + f"; {same}")
     for problem in report["problems"]:
         print(f"  problem: {problem}", file=sys.stderr)
     verdict = "passes" if report["ok"] else "FAILS"
-    print(f"serving check {verdict}: {path} (clean process, {report.get('ops', 0)} op types)")
+    print(f"serving check {verdict}: {path} (clean process, TF Serving's Session loading path, "
+          f"{len(report.get('warmup_records', []))} warmup records, {report.get('ops', 0)} op types)")
     return 0 if report["ok"] else 1
 
 
 def cmd_serve(args, extra: list[str]) -> int:
     config = _load(args)
-    from serving.server import serve
+    from serving.server import ServerLimits, serve
 
     base = args.model_base_path or os.path.join(config.export.base_path, config.export.model_name)
     config_dir = args.model_config_dir or (None if args.model_base_path else config.export.base_path)
-    serve(base, host=args.host or config.serve.host, port=args.port or config.serve.port,
-          max_batch_size=config.serve.max_batch_size, config_dir=config_dir)
+    limits = ServerLimits(max_batch_size=config.serve.max_batch_size,
+                          max_request_bytes=config.serve.max_request_bytes,
+                          compute_budget=config.serve.compute_budget,
+                          max_concurrent_predictions=config.serve.max_concurrent_predictions)
+    serve(base, host=args.host or config.serve.host, port=args.port or config.serve.port, limits=limits,
+          config_dir=config_dir)
     return 0
 
 
@@ -223,31 +235,47 @@ def cmd_schedule(args, extra: list[str]) -> int:
 
 
 def cmd_generate(args, extra: list[str]) -> int:
-    knobs = {name: getattr(args, name) for name in
-             ("max_new_tokens", "min_new_tokens", "temperature", "k", "p", "seed", "beam_width",
-              "repetition_penalty", "no_repeat_ngram_size", "length_penalty")
-             if getattr(args, name) is not None}
-    from serving.client import request_instances
+    from serving.client import ServerUnreachable, ServingClient, ServingError, request_instances
     from serving.generation_module import SIGNATURE_KNOBS
+    from serving.knobs import knob_problem
+    from serving.rest_api import ServingError as RefusedLocally
 
-    knobs = {k: v for k, v in knobs.items() if k in SIGNATURE_KNOBS[args.method]}
-    if args.export_dir:
-        from serving.local_predict import predict_local, prompt_input
-
-        instances = request_instances(args.prompts, args.method, prompt_input(args.export_dir, args.method), **knobs)
-        predictions = predict_local(args.export_dir, args.method, instances)
-    else:
-        from serving.client import ServingClient
-
-        client = ServingClient(args.url, args.model)
-        instances = request_instances(args.prompts, args.method, client.prompt_input(args.method), **knobs)
-        predictions = client.predict(args.method, instances)["predictions"]
+    knobs = {name: getattr(args, name) for name in SIGNATURE_KNOBS[args.method] if getattr(args, name) is not None}
+    problem = knob_problem({k: [v] for k, v in knobs.items()}, max_new_tokens=2**31 - 1)
+    if problem:
+        raise UsageError(f"--{problem.split(' ')[0].replace('_', '-')}: {problem.replace(' for prompt 0', '')}")
+    try:
+        if args.export_dir:
+            predictions = _predict_in_process(args, knobs)
+        else:
+            client = ServingClient(args.url, args.model)
+            instances = request_instances(args.prompts, args.method, client.prompt_input(args.method), **knobs)
+            predictions = client.predict(args.method, instances)["predictions"]
+    except ValueError as err:  # a URL without a scheme
+        raise UsageError(str(err)) from None
+    except ServerUnreachable as err:
+        raise ServiceUnreachable(str(err)) from None
+    except (ServingError, RefusedLocally) as err:
+        status = getattr(err, "status", 400)
+        message = getattr(err, "message", str(err))
+        raise (UsageError if status < 500 else LmpipeError)(f"the model refused the request (HTTP {status}): {message}") from None
     for prompt, pred in zip(args.prompts, predictions):
         texts = pred["text"] if isinstance(pred["text"], list) else [pred["text"]]
         scores = pred["log_prob"] if isinstance(pred["log_prob"], list) else [pred["log_prob"]]
         for text, score in zip(texts, scores):
             print(f"{prompt} -> {text}    (log p = {score:.2f})")
     return 0
+
+
+def _predict_in_process(args, knobs: dict) -> list:
+    from serving.client import request_instances
+    from serving.local_predict import predict_local, prompt_input
+
+    if not os.path.exists(os.path.join(args.export_dir, "saved_model.pb")):
+        raise InputDataError(f"no SavedModel in {args.export_dir} (saved_model.pb missing); give an export "
+                             "version folder such as work/export/lm/1")
+    instances = request_instances(args.prompts, args.method, prompt_input(args.export_dir, args.method), **knobs)
+    return predict_local(args.export_dir, args.method, instances)
 
 
 def cmd_report(args, extra: list[str]) -> int:

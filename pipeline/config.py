@@ -250,6 +250,8 @@ class ExportConfig(_Section):
     model_name: str = Field("lm", pattern=r"^[A-Za-z0-9_.-]+$")
     default_signature: Literal["greedy", "beam_search", "sample", "top_k", "top_p"] = "top_p"
     max_new_tokens: int = Field(256, ge=1)  # cap on a request's max_new_tokens
+    max_prompt_tokens: int = Field(1024, ge=1)  # a longer prompt (seq2seq: source) is refused
+    allow_unk: bool = False  # let the decoders choose <unk> (by default they never do)
     keep_versions: int = Field(5, ge=1)
 
 
@@ -257,6 +259,9 @@ class ServeConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8501, ge=1, le=65535)
     max_batch_size: int = Field(64, ge=1)
+    max_request_bytes: int = Field(8 * 2**20, ge=1024)  # a larger body is refused (413)
+    compute_budget: int = Field(65_536, ge=1)  # prompts x beam width x max new tokens per request
+    max_concurrent_predictions: int = Field(2, ge=1)  # graph runs at once; more requests wait
 
 
 class PromoteConfig(_Section):

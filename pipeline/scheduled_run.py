@@ -252,11 +252,12 @@ def _export(config, model_dir: str) -> dict:
             break
     else:
         result = export_model(model_dir, config.export.base_path, config.export.model_name,
-                              config.export.default_signature, config.export.max_new_tokens)
+                              config.export.default_signature, config.export.max_new_tokens,
+                          config.export.max_prompt_tokens, config.export.allow_unk)
         version, path, reused = result.version, result.path, False
     report = check_export(path)
     return {"version": version, "path": path, "reused": reused, "check_ok": report["ok"],
-            "problems": report["problems"]}
+            "problems": report["problems"], "warmup_records": report.get("warmup_records", [])}
 
 
 def _promote(config, registry, trained: dict, scores: dict, exported: dict) -> dict:

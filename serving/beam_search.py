@@ -22,7 +22,7 @@ import tensorflow as tf
 from pipeline.constants import EOS_ID
 from serving.generate import output_prefix, prime, seen_tokens
 from serving.knobs import Knobs
-from serving.logits_processors import NEG_INF, apply_processors
+from serving.logits_processors import NEG_INF, NEVER_TEXT, apply_processors
 
 _DEAD = NEG_INF / 2  # scores below this are not hypotheses
 
@@ -39,7 +39,9 @@ def length_norm(length, alpha):
     return tf.pow((5.0 + tf.cast(length, tf.float32)) / 6.0, alpha)
 
 
-def beam_search(model, prompt_ids, prompt_lengths, knobs: Knobs) -> BeamOutput:
+def beam_search(model, prompt_ids, prompt_lengths, knobs: Knobs, banned=NEVER_TEXT) -> BeamOutput:
+    """The `beam_width` best continuations of each prompt [B, P] (right-padded, lengths
+    [B] >= 1), best first; `banned`: the token ids never chosen."""
     prompt_ids = tf.cast(prompt_ids, tf.int32)
     prompt_lengths = tf.cast(prompt_lengths, tf.int32)
     batch = tf.shape(prompt_ids)[0]
@@ -84,7 +86,7 @@ def beam_search(model, prompt_ids, prompt_lengths, knobs: Knobs) -> BeamOutput:
     def body(t, alive_score, alive_raw, alive_seq, fin_score, fin_raw, fin_seq, fin_len,
              history, cur_len, seen, logits, states):
         generated = tf.fill([batch * width], t)
-        processed = apply_processors(logits, flat_knobs, seen, history, cur_len, generated)
+        processed = apply_processors(logits, flat_knobs, seen, history, cur_len, generated, banned)
         step_lp = tf.reshape(tf.nn.log_softmax(processed), [batch, width, vocab])
         raw_lp = tf.reshape(tf.nn.log_softmax(logits), [batch, width, vocab])
         total = tf.reshape(alive_score[:, :, None] + step_lp, [batch, width * vocab])

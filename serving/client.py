@@ -26,6 +26,10 @@ class ServingError(RuntimeError):
         self.message = message
 
 
+class ServerUnreachable(OSError):
+    """No answer from the server: refused connection, unknown host, timeout."""
+
+
 def request_instances(prompts: list[str], method: str, input_name: str = "prompt", **knobs) -> list[dict]:
     """Row-format instances for `method`'s signature: every knob it takes, defaults filled.
     `input_name`: "prompt" (language models) or "source" (sequence-to-sequence models)."""
@@ -41,6 +45,11 @@ def request_instances(prompts: list[str], method: str, input_name: str = "prompt
 
 class ServingClient:
     def __init__(self, url: str, model: str, version: int | None = None, timeout: float = 120) -> None:
+        """`url`: http://host:port (TF Serving's REST port is 8501); ValueError without a scheme."""
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"the server URL must start with http:// or https://, got {url!r} "
+                             "(e.g. http://127.0.0.1:8501)")
+        self.url = url
         self.base = f"{url.rstrip('/')}/v1/models/{model}" + (f"/versions/{version}" if version else "")
         self.timeout = timeout
         self._prompt_inputs: dict[str, str] = {}  # signature -> its strings input, from metadata
@@ -85,3 +94,6 @@ class ServingClient:
             except json.JSONDecodeError:
                 message = text
             raise ServingError(err.code, message) from None
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
+            reason = getattr(err, "reason", err)
+            raise ServerUnreachable(f"cannot reach the model server at {self.url}: {reason}") from None

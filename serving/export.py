@@ -30,7 +30,7 @@ import tensorflow as tf
 from pipeline.errors import InputDataError
 from pipeline.pair_records import pair_tokenizers
 from pipeline.tokenizer import Tokenizer
-from serving.generation_module import GenerationModule
+from serving.generation_module import DEFAULT_MAX_PROMPT_TOKENS, GenerationModule
 from serving.seq2seq_module import Seq2SeqGenerationModule
 from serving.warmup import WARMUP_FILE, write_warmup_requests
 
@@ -51,8 +51,10 @@ def existing_versions(model_base: str) -> list[int]:
 
 
 def export_model(model_dir: str, base_path: str, model_name: str, default_signature: str = "top_p",
-                 max_new_tokens: int = 256) -> ExportResult:
-    """Exports the finished training run in `model_dir` (see trainer.train_run)."""
+                 max_new_tokens: int = 256, max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS,
+                 allow_unk: bool = False) -> ExportResult:
+    """Exports the finished training run in `model_dir` (see trainer.train_run); the
+    limits and `allow_unk` are those of `GenerationModule`."""
     from trainer.train_run import METRICS, load_trained_model, model_kind  # the trainer's output contract
 
     if not os.path.exists(os.path.join(model_dir, METRICS)):
@@ -60,9 +62,9 @@ def export_model(model_dir: str, base_path: str, model_name: str, default_signat
             f"no finished training run in {model_dir} (metrics.json missing); run lmpipe train first")
     model = load_trained_model(model_dir)
     if model_kind(model_dir) == "seq2seq":
-        module = Seq2SeqGenerationModule(model, pair_tokenizers(model_dir), max_new_tokens=max_new_tokens)
+        module = Seq2SeqGenerationModule(model, pair_tokenizers(model_dir), max_new_tokens, max_prompt_tokens, allow_unk)
     else:
-        module = GenerationModule(model, Tokenizer.from_dir(model_dir), max_new_tokens=max_new_tokens)
+        module = GenerationModule(model, Tokenizer.from_dir(model_dir), max_new_tokens, max_prompt_tokens, allow_unk)
     signatures = module.signatures()
     signatures["serving_default"] = signatures[default_signature]
     model_base = os.path.join(base_path, model_name)
@@ -71,13 +73,14 @@ def export_model(model_dir: str, base_path: str, model_name: str, default_signat
     try:
         tf.saved_model.save(module, tmp, signatures=signatures)
         write_warmup_requests(os.path.join(tmp, "assets.extra", WARMUP_FILE), model_name, signatures)
-        _write_meta(tmp, model_dir, default_signature, max_new_tokens, list(signatures))
+        _write_meta(tmp, model_dir, list(signatures), default_signature=default_signature,
+                    max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens, allow_unk=allow_unk)
         return _publish(tmp, model_base)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _write_meta(folder, model_dir, default_signature, max_new_tokens, signatures) -> None:
+def _write_meta(folder, model_dir, signatures, **options) -> None:
     import tensorflow_text
 
     with open(os.path.join(model_dir, "metrics.json")) as f:
@@ -88,8 +91,7 @@ def _write_meta(folder, model_dir, default_signature, max_new_tokens, signatures
         "tensorflow_text": tensorflow_text.__version__,
         "signatures": signatures,
         "kind": metrics.get("kind", "lm"),
-        "default_signature": default_signature,
-        "max_new_tokens": max_new_tokens,
+        **options,
         "source_model_dir": os.path.abspath(model_dir),
         "metrics": metrics,
     }

@@ -21,7 +21,7 @@ import tensorflow as tf
 from pipeline.constants import EOS_ID, PAD_ID
 from serving.counter_rng import row_uniform
 from serving.knobs import Knobs
-from serving.logits_processors import apply_processors
+from serving.logits_processors import NEVER_TEXT, apply_processors
 
 
 class DecodeOutput(NamedTuple):
@@ -69,8 +69,9 @@ def seen_tokens(prompt_ids, prompt_lengths, vocab):
     return tf.minimum(counts, 1.0)
 
 
-def generate(model, prompt_ids, prompt_lengths, knobs: Knobs, strategy) -> DecodeOutput:
-    """New tokens for each prompt [B, P] (right-padded, lengths [B] >= 1)."""
+def generate(model, prompt_ids, prompt_lengths, knobs: Knobs, strategy, banned=NEVER_TEXT) -> DecodeOutput:
+    """New tokens for each prompt [B, P] (right-padded, lengths [B] >= 1); `banned`: the
+    token ids never chosen (`logits_processors.NEVER_TEXT` by default)."""
     prompt_ids = tf.cast(prompt_ids, tf.int32)
     prompt_lengths = tf.cast(prompt_lengths, tf.int32)
     batch = tf.shape(prompt_ids)[0]
@@ -88,7 +89,7 @@ def generate(model, prompt_ids, prompt_lengths, knobs: Knobs, strategy) -> Decod
 
     def body(t, finished, history, cur_len, generated, log_prob, seen, logits, states):
         active = tf.logical_not(finished)
-        processed = apply_processors(logits, knobs, seen, history, cur_len, generated)
+        processed = apply_processors(logits, knobs, seen, history, cur_len, generated, banned)
         token = strategy.select(processed, knobs, row_uniform(knobs.seed, t))
         token = tf.where(active, token, PAD_ID)
         step_lp = tf.gather(logits, token, batch_dims=1) - tf.reduce_logsumexp(logits, axis=1)

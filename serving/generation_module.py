@@ -12,8 +12,10 @@ Signatures (every input has a batch dimension [B], every output is dense):
        log_prob [B] ([B, W]); score -> log_prob [B], tokens [B], perplexity [B]
 
 Each prompt is read after an <eos> (the start of a line, as in training). Knob values are
-checked in the graph (tf.debugging asserts), so a bad request fails with a clear
-InvalidArgument error on TF Serving as on `lmpipe serve`.
+checked in the graph (tf.debugging asserts, ranges in `serving.knobs.KNOB_RANGES`) before
+anything reads them, so a bad request fails at once with a clear InvalidArgument on TF
+Serving as on `lmpipe serve`. A prompt of more than `max_prompt_tokens` tokens is refused
+the same way. The decoders never choose <pad>, <bos> or (unless `allow_unk`) <unk>.
 
 Example:
     >>> module = GenerationModule(model, Tokenizer.from_dir(model_dir), max_new_tokens=256)
@@ -23,12 +25,14 @@ Example:
 from __future__ import annotations
 
 import tensorflow as tf
+from tensorflow.python.trackable.data_structures import NoDependency
 
-from pipeline.constants import EOS_ID
+from pipeline.constants import EOS_ID, UNK_ID
 from pipeline.tokenizer import Tokenizer
 from serving.beam_search import beam_search
 from serving.generate import generate
-from serving.knobs import KNOB_SPECS, Knobs
+from serving.knobs import KNOB_SPECS, Knobs, knob_asserts
+from serving.logits_processors import NEVER_TEXT
 from serving.strategies import get_strategy
 
 BASE_KNOBS = ("max_new_tokens", "min_new_tokens", "repetition_penalty", "no_repeat_ngram_size")
@@ -40,29 +44,49 @@ SIGNATURE_KNOBS = {
     "beam_search": BASE_KNOBS + ("beam_width", "length_penalty"),
 }
 GENERATION_SIGNATURES = tuple(SIGNATURE_KNOBS)
-MAX_BEAM_WIDTH = 64
+DEFAULT_MAX_PROMPT_TOKENS = 1024
 
 
-def input_specs(signature: str) -> dict[str, tf.TensorSpec]:
-    """The named [B] inputs of a signature."""
+def input_specs(signature: str, strings_input: str = "prompt") -> dict[str, tf.TensorSpec]:
+    """The named [B] inputs of a signature: `strings_input` ("prompt"; seq2seq: "source")
+    and the signature's knobs; `score` takes "text" alone."""
     if signature == "score":
         return {"text": tf.TensorSpec([None], tf.string, name="text")}
-    specs = {"prompt": tf.TensorSpec([None], tf.string, name="prompt")}
+    specs = {strings_input: tf.TensorSpec([None], tf.string, name=strings_input)}
     for name in SIGNATURE_KNOBS[signature]:
         specs[name] = tf.TensorSpec([None], KNOB_SPECS[name][0], name=name)
     return specs
 
 
 class GenerationModule(tf.Module):
-    """Raw strings in, generated strings out; everything in the graph."""
+    """Raw strings in, generated strings out; everything in the graph.
+
+    Args:
+        model: the trained model (`step`, `initial_state`, `prime`).
+        tokenizer: its tokenizer (the target side's, for seq2seq).
+        max_new_tokens: the largest `max_new_tokens` a request may ask for.
+        max_prompt_tokens: a longer prompt (or text to score) is refused with an
+            InvalidArgument naming the prompt, its token count and this limit.
+        allow_unk: let the decoders choose `<unk>` (by default they never do).
+    """
 
     prompt_input = "prompt"  # the name of the strings input of generation signatures
 
-    def __init__(self, model, tokenizer: Tokenizer, max_new_tokens: int) -> None:
+    def __init__(self, model, tokenizer: Tokenizer, max_new_tokens: int,
+                 max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS, allow_unk: bool = False) -> None:
         super().__init__(name="lmpipe_generation")
-        self.model = model
+        # TF Serving restores variables with the saver's restore op, which assigns only the
+        # tf.Variables this module tracks; a Keras 3 variable merely wraps one (`.value`).
+        # So the module tracks those, keyed by the variable's path, and not the Keras model
+        # (whose wrappers would save every weight a second time).
+        self.model = NoDependency(model)
+        self.model_variables = {v.path: v.value for v in model.variables}
+        if len(self.model_variables) != len(model.variables):
+            raise ValueError("the model's variables must have distinct paths to be exported")
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
+        self.max_prompt_tokens = max_prompt_tokens
+        self.banned = tuple(t for t in NEVER_TEXT if not (allow_unk and t == UNK_ID))
 
     def signatures(self) -> dict[str, tf.types.experimental.ConcreteFunction]:
         """One concrete function per signature, each with named TensorSpecs."""
@@ -72,14 +96,26 @@ class GenerationModule(tf.Module):
 
     def input_specs(self, signature: str) -> dict[str, tf.TensorSpec]:
         """The named [B] inputs of one of this module's signatures."""
-        return input_specs(signature)
+        return input_specs(signature, self.prompt_input)
 
-    def encode_prompts(self, prompts):
-        """[B] strings -> (ids [B, P] int32 with a leading <eos>, lengths [B])."""
+    def encode_prompts(self, prompts, what: str = "prompt"):
+        """[B] strings -> (ids [B, P] int32 with a leading <eos>, lengths [B]); a prompt of
+        more than `max_prompt_tokens` tokens fails (`what` names it in the message)."""
         ids = self.tokenizer.tokenize(prompts)
-        start = tf.fill([tf.shape(prompts)[0], 1], tf.constant(EOS_ID, tf.int64))
+        with tf.control_dependencies([self._check_length(ids.row_lengths(), what)]):
+            start = tf.fill([tf.shape(prompts)[0], 1], tf.constant(EOS_ID, tf.int64))
         ids = tf.concat([start, ids], axis=1)
         return tf.cast(ids.to_tensor(0), tf.int32), tf.cast(ids.row_lengths(), tf.int32)
+
+    def _check_length(self, lengths, what: str):
+        """Asserts every row of `lengths` [B] is within `max_prompt_tokens`."""
+        lengths = tf.cast(lengths, tf.int32)
+        row = tf.argmax(lengths, output_type=tf.int32)
+        longest = tf.reduce_max(tf.concat([lengths, [0]], 0))
+        message = tf.strings.format(
+            f"{what} {{}} has {{}} tokens, over this export's limit of {self.max_prompt_tokens} "
+            f"(export.max_prompt_tokens): shorten it", (row, longest))
+        return tf.debugging.Assert(longest <= self.max_prompt_tokens, [message])
 
     def _texts(self, token_ids, lengths):
         mask = tf.sequence_mask(lengths, tf.shape(token_ids)[-1])
@@ -88,32 +124,12 @@ class GenerationModule(tf.Module):
         texts = self.tokenizer.detokenize(tf.ragged.boolean_mask(flat_ids, flat_mask))
         return tf.reshape(texts, tf.shape(lengths))
 
-    def _check(self, batch, knobs: Knobs, names):
-        checks = []
-        for name in names:
-            checks.append(tf.debugging.assert_equal(
-                tf.shape(getattr(knobs, name))[0], batch,
-                message=f"{name} must have one value per prompt"))
-        if "max_new_tokens" in names:
-            checks.append(tf.debugging.assert_less_equal(
-                knobs.max_new_tokens, self.max_new_tokens,
-                message=f"max_new_tokens must be at most {self.max_new_tokens}"))
-            checks.append(tf.debugging.assert_non_negative(knobs.max_new_tokens, message="max_new_tokens must be >= 0"))
-        if "k" in names:
-            checks.append(tf.debugging.assert_positive(knobs.k, message="k must be >= 1"))
-        if "p" in names:
-            checks.append(tf.debugging.assert_positive(knobs.p, message="p must be in (0, 1]"))
-            checks.append(tf.debugging.assert_less_equal(knobs.p, 1.0, message="p must be in (0, 1]"))
-        if "temperature" in names:
-            checks.append(tf.debugging.assert_positive(knobs.temperature, message="temperature must be > 0"))
-        if "beam_width" in names:
-            checks.append(tf.debugging.assert_positive(knobs.beam_width, message="beam_width must be >= 1"))
-            checks.append(tf.debugging.assert_less_equal(
-                knobs.beam_width, MAX_BEAM_WIDTH, message=f"beam_width must be at most {MAX_BEAM_WIDTH}"))
-        if "repetition_penalty" in names:
-            checks.append(tf.debugging.assert_positive(
-                knobs.repetition_penalty, message="repetition_penalty must be > 0"))
-        return checks
+    def _checks(self, batch, knobs: Knobs, names) -> list[tf.Operation]:
+        """Asserts one value per prompt for every knob, and every knob's range."""
+        checks = [tf.debugging.assert_equal(tf.shape(getattr(knobs, name))[0], batch,
+                                            message=f"{name} must have one value per prompt")
+                  for name in names]
+        return checks + knob_asserts(knobs, names, self.max_new_tokens)
 
     def generation_function(self, name: str):
         """The tf.function of one generation signature (trace with `self.input_specs(name)`)."""
@@ -124,12 +140,16 @@ class GenerationModule(tf.Module):
             prompt = inputs.pop(self.prompt_input)
             batch = tf.shape(prompt)[0]
             knobs = Knobs.from_inputs(inputs, batch)
-            with tf.control_dependencies(self._check(batch, knobs, names)):
-                ids, lengths = self.encode_prompts(prompt)
+            # Nothing reads a knob or a prompt before every check has passed, so a bad
+            # value fails before any tiling, tokenizing or looping.
+            with tf.control_dependencies(self._checks(batch, knobs, names)):
+                knobs = Knobs(*[tf.identity(k) for k in knobs])
+                prompt = tf.identity(prompt)
+            ids, lengths = self.encode_prompts(prompt, self.prompt_input)
             if name == "beam_search":
-                out = beam_search(self.model, ids, lengths, knobs)
+                out = beam_search(self.model, ids, lengths, knobs, self.banned)
             else:
-                out = generate(self.model, ids, lengths, knobs, get_strategy(name))
+                out = generate(self.model, ids, lengths, knobs, get_strategy(name), self.banned)
             return self._outputs(name, ids, lengths, out)
 
         return fn
@@ -144,24 +164,27 @@ class GenerationModule(tf.Module):
         }
 
     def score_function(self):
-        """The tf.function of the `score` signature."""
+        """The tf.function of the `score` signature: the model's log-probability of each
+        text (read after an <eos>, its own <eos> included when the tokenizer adds one),
+        computed window by window (`LanguageModel.token_nll`), never as [B, T, V]."""
         @tf.function
         def fn(**inputs):
             text = inputs["text"]
-            ids, lengths = self.encode_prompts(text)
+            ids, lengths = self.encode_prompts(text, "text")
             if self.tokenizer.spec.add_eos:  # the line's own <eos> is predicted too
                 ids = tf.pad(ids, [[0, 0], [0, 1]])
                 ids = tf.tensor_scatter_nd_update(
                     ids, tf.stack([tf.range(tf.shape(ids)[0]), lengths], 1), tf.fill(tf.shape(lengths), EOS_ID))
                 lengths += 1
-            inputs, targets = ids[:, :-1], ids[:, 1:]
-            mask = tf.sequence_mask(lengths - 1, tf.shape(inputs)[1])
-            logits, _ = self.model(inputs, training=False, mask=mask)
-            nll = tf.nn.sparse_softmax_cross_entropy_with_logits(targets, logits)
-            nll = tf.where(mask, nll, 0.0)
             tokens = lengths - 1
-            log_prob = -tf.reduce_sum(nll, axis=1)
-            perplexity = tf.exp(-log_prob / tf.cast(tf.maximum(tokens, 1), tf.float32))
-            return {"log_prob": log_prob, "tokens": tokens, "perplexity": perplexity}
+            nll = self.model.token_nll(ids[:, :-1], ids[:, 1:], tokens)
+            return score_outputs(nll, tokens)
 
         return fn
+
+
+def score_outputs(nll, tokens) -> dict[str, tf.Tensor]:
+    """nll [B, T] (0 past each row's `tokens` [B]) -> the score signature's outputs."""
+    log_prob = -tf.reduce_sum(nll, axis=1)
+    perplexity = tf.exp(-log_prob / tf.cast(tf.maximum(tokens, 1), tf.float32))
+    return {"log_prob": log_prob, "tokens": tokens, "perplexity": perplexity}

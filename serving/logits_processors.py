@@ -1,8 +1,11 @@
 """Changes to next-token logits before a token is chosen, all per row and in-graph.
 
-Order: never <pad>/<bos>; repetition penalty (CTRL: divide a seen token's positive logit
-by the penalty, multiply a negative one); no-repeat n-grams (ban tokens that would repeat
-an n-gram of the sequence so far); no <eos> before `min_new_tokens`.
+Order: the repetition penalty (CTRL: divide a seen token's positive logit by the
+penalty, multiply a negative one); the temperature; then the bans, so that top-k and
+top-p renormalise without the banned tokens: the special tokens that are never text
+(`<pad>`, `<bos>` and, unless the export lets it through, `<unk>`), tokens that would
+repeat an n-gram of the sequence so far, and `<eos>` before `min_new_tokens`. When the
+n-gram ban leaves no token at all, the text ends (`<eos>`).
 
 Example:
     >>> logits = apply_processors(logits, knobs, seen, history, cur_len, generated)
@@ -12,29 +15,33 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from pipeline.constants import BOS_ID, EOS_ID, PAD_ID
+from pipeline.constants import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from serving.knobs import MAX_NGRAM, Knobs
 
 NEG_INF = -1e9
+NEVER_TEXT = (PAD_ID, BOS_ID, UNK_ID)  # banned by default; `<unk>` may be let through
 
 
-def apply_processors(logits, knobs: Knobs, seen, history, cur_len, generated):
-    """logits [N, V] float32 -> processed logits [N, V].
+def apply_processors(logits, knobs: Knobs, seen, history, cur_len, generated, banned=NEVER_TEXT):
+    """logits [N, V] float32 -> processed logits [N, V], ready for a strategy.
 
     Args:
         seen: [N, V] float32, 1 where a token occurs in the prompt or output so far.
         history: int32 [N, L], the sequence so far (prompt then output), valid up to cur_len.
         cur_len: int32 [N] valid length of history.
         generated: int32 [N] tokens generated so far.
+        banned: the token ids never chosen.
     """
-    # Never <pad> or <bos>; no <eos> before min_new_tokens: three columns, O(N) work.
-    early = generated < knobs.min_new_tokens
-    eos_column = tf.where(early, NEG_INF, logits[:, EOS_ID])
-    logits = _set_columns(logits, [PAD_ID, BOS_ID, EOS_ID],
-                          [tf.fill(tf.shape(eos_column), NEG_INF), tf.fill(tf.shape(eos_column), NEG_INF), eos_column])
     # Each rule costs [N, V] work per step: skip it when no row of the batch asks for it.
     logits = tf.cond(tf.reduce_any(tf.not_equal(knobs.repetition_penalty, 1.0)),
                      lambda: repetition_penalty(logits, seen, knobs.repetition_penalty), lambda: logits)
+    logits = tf.cond(tf.reduce_any(tf.not_equal(knobs.temperature, 1.0)),
+                     lambda: logits / knobs.temperature[:, None], lambda: logits)
+    # Bans on a few columns: O(N) work.
+    early = generated < knobs.min_new_tokens
+    never = tf.fill(tf.shape(early), NEG_INF)
+    eos_column = tf.where(early, NEG_INF, logits[:, EOS_ID])
+    logits = _set_columns(logits, [*banned, EOS_ID], [never] * len(banned) + [eos_column])
     return tf.cond(tf.reduce_any(knobs.no_repeat_ngram_size > 0),
                    lambda: _end_if_stuck(no_repeat_ngram(logits, history, cur_len, knobs.no_repeat_ngram_size)),
                    lambda: logits)

@@ -18,12 +18,11 @@ import json
 import os
 import threading
 
-import tensorflow as tf
 import tensorflow_text  # noqa: F401  (registers the TF Text ops the graph uses)
 from google.protobuf import json_format
-from tensorflow.core.protobuf import saved_model_pb2
 
 from serving.export import EXPORT_META, existing_versions
+from serving.saved_model_session import SessionModel
 from serving.warmup import WARMUP_FILE, read_warmup_requests
 
 
@@ -31,30 +30,24 @@ from serving.warmup import WARMUP_FILE, read_warmup_requests
 class LoadedVersion:
     version: int
     path: str
-    model: object
+    model: SessionModel  # loaded as TF Serving loads it: a Session over the MetaGraph
     signature_defs: dict  # name -> SignatureDef as TF Serving's JSON
     meta: dict  # assets.extra/lmpipe_export.json
 
-    def signature(self, name: str):
-        return self.model.signatures[name]
-
 
 def load_version(path: str, version: int, warm_up: bool = True) -> LoadedVersion:
-    model = tf.saved_model.load(path)
-    proto = saved_model_pb2.SavedModel()
-    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
-        proto.ParseFromString(f.read())
+    """Loads one version folder the way TF Serving does, then replays its warmup records
+    through the same Session (a version whose warmup fails is not served)."""
+    model = SessionModel(path)
     defs = {name: json_format.MessageToDict(sig, preserving_proto_field_name=True)
-            for name, sig in proto.meta_graphs[0].signature_def.items()}
+            for name, sig in model.signature_defs.items()}
     meta_path = os.path.join(path, "assets.extra", EXPORT_META)
     meta = json.load(open(meta_path)) if os.path.exists(meta_path) else {}
-    loaded = LoadedVersion(version, path, model, defs, meta)
     warmup = os.path.join(path, "assets.extra", WARMUP_FILE)
     if warm_up and os.path.exists(warmup):
         for name, inputs in read_warmup_requests(warmup):
-            specs = loaded.signature(name).structured_input_signature[1]
-            loaded.signature(name)(**{k: tf.constant(v, specs[k].dtype) for k, v in inputs.items()})
-    return loaded
+            model.run(name, inputs)
+    return LoadedVersion(version, path, model, defs, meta)
 
 
 class ModelVersions:

@@ -26,41 +26,38 @@ import tensorflow as tf
 
 from pipeline.constants import BOS_ID, PAD_ID
 from pipeline.tokenizer import Tokenizer
-from serving.generation_module import SIGNATURE_KNOBS, GenerationModule
-from serving.knobs import KNOB_SPECS
+from serving.generation_module import DEFAULT_MAX_PROMPT_TOKENS, GenerationModule, input_specs, score_outputs
 
 
 def seq2seq_input_specs(signature: str) -> dict[str, tf.TensorSpec]:
     """The named [B] inputs of a seq2seq signature."""
-    specs = {"source": tf.TensorSpec([None], tf.string, name="source")}
     if signature == "score":
-        specs["target"] = tf.TensorSpec([None], tf.string, name="target")
-        return specs
-    for name in SIGNATURE_KNOBS[signature]:
-        specs[name] = tf.TensorSpec([None], KNOB_SPECS[name][0], name=name)
-    return specs
+        return {name: tf.TensorSpec([None], tf.string, name=name) for name in ("source", "target")}
+    return input_specs(signature, "source")
 
 
 class Seq2SeqGenerationModule(GenerationModule):
-    """`GenerationModule` for a `Seq2SeqModel`: `source` in place of `prompt`."""
+    """`GenerationModule` for a `Seq2SeqModel`: `source` in place of `prompt`; sources and
+    score targets of more than `max_prompt_tokens` tokens are refused."""
 
     prompt_input = "source"
 
-    def __init__(self, model, tokenizers: dict[str, Tokenizer], max_new_tokens: int) -> None:
-        super().__init__(model, tokenizers["target"], max_new_tokens)
+    def __init__(self, model, tokenizers: dict[str, Tokenizer], max_new_tokens: int,
+                 max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS, allow_unk: bool = False) -> None:
+        super().__init__(model, tokenizers["target"], max_new_tokens, max_prompt_tokens, allow_unk)
         self.source_tokenizer = tokenizers["source"]
 
     def input_specs(self, signature: str) -> dict[str, tf.TensorSpec]:
         return seq2seq_input_specs(signature)
 
-    def encode_prompts(self, sources):
-        """[B] source strings -> (ids [B, S] int32, lengths [B]); an empty source fails
-        with a clear message (the encoder needs one token)."""
+    def encode_prompts(self, sources, what: str = "source"):
+        """[B] source strings -> (ids [B, S] int32, lengths [B]); an empty source, or one
+        over `max_prompt_tokens`, fails with a clear message (the encoder needs a token)."""
         ids = self.source_tokenizer.encode_lines(sources)
         lengths = tf.cast(ids.row_lengths(), tf.int32)
-        check = tf.debugging.assert_positive(
-            lengths, message="every source needs at least one token (empty source string)")
-        with tf.control_dependencies([check]):
+        checks = [self._check_length(lengths, what), tf.debugging.assert_positive(
+            lengths, message="every source needs at least one token (empty source string)")]
+        with tf.control_dependencies(checks):
             return tf.cast(ids.to_tensor(PAD_ID), tf.int32), tf.identity(lengths)
 
     def _outputs(self, name, ids, lengths, out) -> dict[str, tf.Tensor]:
@@ -74,7 +71,7 @@ class Seq2SeqGenerationModule(GenerationModule):
         on the chosen tokens, which the greedy loop's steps equal)."""
         start = tf.fill([tf.shape(token_ids)[0], 1], BOS_ID)
         target_in = tf.concat([start, token_ids[:, :-1]], axis=1)
-        _, weights = self.model(source_ids, target_in, source_lengths=source_lengths, return_attention=True)
+        weights = self.model.attention_weights(source_ids, target_in, source_lengths)
         rows = tf.sequence_mask(lengths, tf.shape(token_ids)[1], tf.float32)
         return weights * rows[:, :, None]
 
@@ -83,15 +80,12 @@ class Seq2SeqGenerationModule(GenerationModule):
         def fn(**inputs):
             source_ids, source_lengths = self.encode_prompts(inputs["source"])
             target = self.tokenizer.encode_lines(inputs["target"])  # ends with <eos>
-            target_out = tf.cast(target.to_tensor(PAD_ID), tf.int32)
             tokens = tf.cast(target.row_lengths(), tf.int32)
+            with tf.control_dependencies([self._check_length(tokens, "target")]):
+                target_out = tf.cast(target.to_tensor(PAD_ID), tf.int32)
             start = tf.fill([tf.shape(target_out)[0], 1], BOS_ID)
             target_in = tf.concat([start, target_out[:, :-1]], axis=1)
-            logits = self.model(source_ids, target_in, source_lengths=source_lengths)
-            nll = tf.nn.sparse_softmax_cross_entropy_with_logits(target_out, logits)
-            nll = tf.where(tf.sequence_mask(tokens, tf.shape(target_out)[1]), nll, 0.0)
-            log_prob = -tf.reduce_sum(nll, axis=1)
-            perplexity = tf.exp(-log_prob / tf.cast(tf.maximum(tokens, 1), tf.float32))
-            return {"log_prob": log_prob, "tokens": tokens, "perplexity": perplexity}
+            nll = self.model.token_nll(source_ids, target_in, target_out, source_lengths, tokens)
+            return score_outputs(nll, tokens)
 
         return fn

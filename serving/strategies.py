@@ -1,7 +1,8 @@
 """How the next token is chosen from processed logits: one small class per strategy.
 
-All take temperature-scaled logits and one uniform number per row (from `counter_rng`),
-sample by inverse CDF, and so are deterministic given the seed.
+All take processed logits (`logits_processors`: penalties, temperature and bans already
+applied) and one uniform number per row (from `counter_rng`), sample by inverse CDF, and
+so are deterministic given the seed.
 
     greedy   the most probable token
     sample   from the whole distribution
@@ -30,11 +31,6 @@ def inverse_cdf(probs: tf.Tensor, u: tf.Tensor) -> tf.Tensor:
     return tf.minimum(index, tf.shape(probs)[1] - 1)
 
 
-def _tempered(logits, knobs: Knobs):
-    temperature = tf.maximum(knobs.temperature, 1e-6)[:, None]
-    return logits / temperature
-
-
 class Greedy:
     name = "greedy"
     uses_random = False
@@ -48,7 +44,7 @@ class Sample:
     uses_random = True
 
     def select(self, logits, knobs: Knobs, u) -> tf.Tensor:
-        return inverse_cdf(tf.nn.softmax(_tempered(logits, knobs)), u)
+        return inverse_cdf(tf.nn.softmax(logits), u)
 
 
 class TopK:
@@ -60,7 +56,7 @@ class TopK:
         k = tf.clip_by_value(knobs.k, 1, vocab)
         values, indices = tf.math.top_k(logits, k=tf.reduce_max(k))
         keep = tf.range(tf.shape(values)[1])[None, :] < k[:, None]
-        probs = tf.where(keep, tf.nn.softmax(_tempered(values, knobs)), 0.0)
+        probs = tf.where(keep, tf.nn.softmax(values), 0.0)
         return tf.gather(indices, inverse_cdf(probs, u), batch_dims=1)
 
 
@@ -77,13 +73,12 @@ class TopP:
     bisection_steps = 32
 
     def select(self, logits, knobs: Knobs, u) -> tf.Tensor:
-        tempered = _tempered(logits, knobs)
-        log_norm = tf.reduce_logsumexp(tempered, axis=1, keepdims=True)
-        values, indices = tf.math.top_k(tempered, k=tf.minimum(self.head, tf.shape(logits)[1]))
+        log_norm = tf.reduce_logsumexp(logits, axis=1, keepdims=True)
+        values, indices = tf.math.top_k(logits, k=tf.minimum(self.head, tf.shape(logits)[1]))
         head_probs = tf.exp(values - log_norm)
         return tf.cond(tf.reduce_all(tf.reduce_sum(head_probs, axis=1) >= knobs.p),
                        lambda: self._from_head(head_probs, indices, knobs, u),
-                       lambda: self._by_threshold(tf.exp(tempered - log_norm), knobs, u))
+                       lambda: self._by_threshold(tf.exp(logits - log_norm), knobs, u))
 
     @staticmethod
     def _from_head(probs, indices, knobs, u):

@@ -118,7 +118,7 @@ def test_rest_server_every_signature_errors_and_version_switch(trained):
         bad = [
             (dict(signature="top_k", instances=[{"prompt": "a"}]), "missing input"),
             (dict(signature="nope", instances=[{"prompt": "a"}]), "unknown signature 'nope'"),
-            (dict(signature="top_k", instances=_row("top_k", k=0)), "k must be >= 1"),
+            (dict(signature="top_k", instances=_row("top_k", k=0)), "k must be in [1, 2147483647], got 0 for prompt 0"),
             (dict(signature="top_p", instances=_row("top_p", p=1.5)), "p must be in (0, 1]"),
             (dict(signature="greedy", instances=_row("greedy", max_new_tokens=41)), "max_new_tokens must be in [0, 40]"),
             (dict(signature="greedy", instances=_row("greedy", max_new_tokens="ten")), "must be integers"),

@@ -241,13 +241,13 @@ def test_serving_decoders_drive_the_model_unchanged():
     eager = generate(model, src, lengths, Knobs.defaults(4, max_new_tokens=5), greedy)
     graph = greedy_graph(src, lengths)
     np.testing.assert_array_equal(eager.token_ids, graph.token_ids)
-    # The same tokens as a plain greedy loop over model.step (the decoders ban <pad>/<bos>).
+    # The same tokens as a plain greedy loop over model.step (the decoders ban <pad>, <unk>, <bos>).
     states = model.encode(src, lengths)
     token, expected = tf.fill([4], BOS_ID), []
     for _ in range(5):
         logits, states = model.step(token, states)
         logits = tf.tensor_scatter_nd_update(
-            logits, [[r, c] for r in range(4) for c in (0, BOS_ID)], tf.fill([8], -1e9))
+            logits, [[r, c] for r in range(4) for c in (0, 1, BOS_ID)], tf.fill([12], -1e9))
         token = tf.argmax(logits, -1, output_type=tf.int32)
         expected.append(token.numpy())
     expected = np.stack(expected, 1)

@@ -26,6 +26,7 @@ from trainer.output_layer import OutputParts, output_layer_nll, output_logits
 
 CELLS = {"lstm": LSTM, "rnn": SimpleRNN}
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+CHUNK_TOKENS = 2048  # prime and token_nll read at most about this many B x T positions at once
 
 
 @keras.saving.register_keras_serializable(package="lmpipe")
@@ -168,12 +169,74 @@ class LanguageModel(keras.Model):
             new_states += layer_states
         return self._logits(x[:, None, :])[:, 0, :], new_states
 
-    def prime(self, prompt_ids, prompt_lengths):
-        """Reads right-padded prompts [B, P] at once: (logits after each one's last token
-        [B, V], states after it). For the decoders; lengths must be >= 1."""
-        mask = tf.sequence_mask(prompt_lengths, tf.shape(prompt_ids)[1])
-        logits, states = self(prompt_ids, training=False, mask=mask)
-        return tf.gather(logits, prompt_lengths - 1, batch_dims=1), states
+    def prime(self, prompt_ids, prompt_lengths, chunk_tokens: int = CHUNK_TOKENS):
+        """Reads right-padded prompts [B, P] (lengths [B] >= 1): (logits after each one's
+        last token [B, V], states after it). For the decoders.
+
+        The prompt is read in windows of about `chunk_tokens` / B positions, the states
+        carried from one to the next (exact: the recurrence does not care where a window
+        ends), and only the last position's logits are computed, so memory is bounded by
+        the window and the vocabulary, never by P x V.
+
+        Example:
+            >>> lm = LanguageModel(vocab_size=12, embedding_dim=4, hidden_dim=4)
+            >>> logits, states = lm.prime(tf.ones([2, 9], tf.int32), tf.constant([9, 3]))
+            >>> logits.shape
+            TensorShape([2, 12])
+        """
+        lengths = tf.cast(prompt_lengths, tf.int32)
+        last = tf.zeros([tf.shape(prompt_ids)[0], self.hidden_dim], self.recurrent[-1].compute_dtype)
+
+        def read(x, window, positions, last):
+            at_end = tf.equal(positions, lengths[:, None] - 1)  # [B, w]: the row's last token
+            picked = tf.reduce_sum(tf.where(at_end[:, :, None], x, tf.zeros_like(x)), axis=1)
+            return tf.where(tf.reduce_any(at_end, axis=1)[:, None], picked, last)
+
+        last, states = self._over_windows(prompt_ids, lengths, chunk_tokens, read, last)
+        return self._logits(last[:, None, :])[:, 0, :], states
+
+    def token_nll(self, inputs, targets, lengths, chunk_tokens: int = CHUNK_TOKENS):
+        """ids [B, T], targets [B, T], lengths [B] -> nll [B, T] float32 of each target
+        (0 past a row's length), in windows of positions as `prime` reads them, so the
+        [B, T, V] logits are never materialised: memory is one window's [B, w, V].
+
+        Example:
+            >>> lm = LanguageModel(vocab_size=12, embedding_dim=4, hidden_dim=4)
+            >>> lm.token_nll(tf.ones([2, 5], tf.int32), tf.ones([2, 5], tf.int32), tf.constant([5, 2])).shape
+            TensorShape([2, 5])
+        """
+        lengths = tf.cast(lengths, tf.int32)
+        targets = tf.cast(targets, tf.int32)
+        nll = tf.TensorArray(tf.float32, size=0, dynamic_size=True, infer_shape=False)
+
+        def read(x, window, positions, nll):
+            window_targets = tf.gather(targets, positions[0], axis=1)
+            values = output_layer_nll(x, window_targets, self._output_parts())
+            real = positions < lengths[:, None]
+            return nll.write(nll.size(), tf.transpose(tf.where(real, values, 0.0)))
+
+        nll, _ = self._over_windows(inputs, lengths, chunk_tokens, read, nll)
+        return tf.cond(tf.shape(inputs)[1] > 0, lambda: tf.transpose(nll.concat()),  # windows along time
+                       lambda: tf.zeros([tf.shape(inputs)[0], 0]))
+
+    def _over_windows(self, ids, lengths, chunk_tokens, read, carry):
+        """Runs the recurrent layers over ids [B, T] window by window (masked past each
+        row's length), calling `carry = read(features [B, w, H], window, positions [B, w],
+        carry)` after each; -> (carry, states after each row's last token)."""
+        ids = tf.cast(ids, tf.int32)
+        batch, steps = tf.shape(ids)[0], tf.shape(ids)[1]
+        window = tf.maximum(chunk_tokens // tf.maximum(batch, 1), 1)
+
+        def body(start, states, carry):
+            end = tf.minimum(start + window, steps)
+            positions = tf.broadcast_to(tf.range(start, end)[None, :], [batch, end - start])
+            mask = positions < lengths[:, None]
+            x, states = self._features(ids[:, start:end], states, False, None, mask)
+            return end, states, read(x, window, positions, carry)
+
+        _, states, carry = tf.while_loop(
+            lambda start, *_: start < steps, body, (tf.constant(0), self.initial_state(batch), carry))
+        return carry, states
 
     def _logits(self, x):
         return output_logits(x, self._output_parts())

@@ -119,3 +119,27 @@ def output_logits(x, parts: OutputParts):
 def _output_input(x, parts: OutputParts):
     x = tf.cast(x, parts.embedding.compute_dtype)  # 16-bit under the mixed policies
     return parts.projection(x) if parts.projection is not None else x
+
+
+def windowed_output_nll(x, targets, lengths, parts: OutputParts, chunk_tokens: int):
+    """`output_layer_nll` over x [B, T, H] a window of positions at a time (about
+    `chunk_tokens` / B positions), so memory holds one window's logits [B, w, V], never
+    [B, T, V]: -> nll [B, T] float32, 0 past each row's length [B].
+
+    Example:
+        >>> windowed_output_nll(x, targets, tf.constant([5, 2]), parts, chunk_tokens=2048).shape
+        TensorShape([2, 5])
+    """
+    batch, steps = tf.shape(x)[0], tf.shape(x)[1]
+    window = tf.maximum(chunk_tokens // tf.maximum(batch, 1), 1)
+    real = tf.sequence_mask(lengths, steps)
+
+    def body(start, parts_done):
+        end = tf.minimum(start + window, steps)
+        nll = output_layer_nll(x[:, start:end], targets[:, start:end], parts)
+        return end, parts_done.write(parts_done.size(), tf.transpose(nll))
+
+    done = tf.TensorArray(tf.float32, size=0, dynamic_size=True, infer_shape=False)
+    _, done = tf.while_loop(lambda start, _: start < steps, body, (tf.constant(0), done))
+    nll = tf.cond(steps > 0, lambda: tf.transpose(done.concat()), lambda: tf.zeros([batch, 0]))
+    return tf.where(real, nll, 0.0)

@@ -42,10 +42,10 @@ import tensorflow as tf
 
 from pipeline.constants import BOS_ID, PAD_ID
 from trainer.attention import get_attention
-from trainer.language_model import PRECISIONS
+from trainer.language_model import CHUNK_TOKENS, PRECISIONS
 from trainer.lstm import LSTM
 from trainer.recurrent_base import dropout_mask
-from trainer.output_layer import OutputParts, output_layer_nll, output_logits
+from trainer.output_layer import OutputParts, output_layer_nll, output_logits, windowed_output_nll
 
 PASS_THROUGH = 3  # memory, keys, source_mask: the last state entries, never changed by `step`
 
@@ -217,6 +217,19 @@ class Seq2SeqModel(keras.Model):
         (padding included: the caller weights it)."""
         attentional, _ = self._teacher_forced(source_ids, target_in, None, training, seed)
         return output_layer_nll(attentional, target_out, self._output_parts())
+
+    def token_nll(self, source_ids, target_in, target_out, source_lengths, target_lengths,
+                  chunk_tokens: int = CHUNK_TOKENS):
+        """For scoring: teacher forcing -> nll [B, T] float32 of each `target_out` token, 0
+        past `target_lengths` [B]; the output layer runs a window of positions at a time
+        (`windowed_output_nll`), so [B, T, V] logits are never materialised."""
+        attentional, _ = self._teacher_forced(source_ids, target_in, source_lengths, False, None)
+        return windowed_output_nll(attentional, tf.cast(target_out, tf.int32), target_lengths,
+                                   self._output_parts(), chunk_tokens)
+
+    def attention_weights(self, source_ids, target_in, source_lengths=None):
+        """Teacher forcing -> the attention weights [B, T, S] alone (no output layer)."""
+        return self._teacher_forced(source_ids, target_in, source_lengths, False, None)[1]
 
     def _teacher_forced(self, source_ids, target_in, source_lengths, training, seed):
         """-> (attentional vectors after dropout [B, T, H], attention weights [B, T, S])."""

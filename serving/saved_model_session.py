@@ -1,0 +1,79 @@
+"""A SavedModel loaded the way TF Serving's SavedModelBundle loads it, and run the same way.
+
+TF Serving does not restore a SavedModel through its object graph (`tf.saved_model.load`):
+it imports the MetaGraph into a Session, runs the saver's restore op (fed the variables
+path) and the init op (`__saved_model_init_op`: lookup tables, assets), then answers
+each request with `Session::Run` on the SignatureDef's tensor names. This class does
+exactly that through `tf.compat.v1.saved_model.loader.load`, so what it answers is what
+TF Serving would answer. `lmpipe serve`, `lmpipe generate --export-dir` and `lmpipe
+check-export` all run exports through it.
+
+This file imports only numpy and tensorflow (the caller imports tensorflow_text, whose
+ops the graph uses), so the export check can run it in a process that cannot import
+this project.
+
+Example:
+    >>> model = SessionModel("work/export/lm/3")
+    >>> sorted(model.signature_defs)[:2]
+    ['beam_search', 'greedy']
+    >>> model.run("greedy", {"prompt": ["the"], "max_new_tokens": [5], "min_new_tokens": [0],
+    ...                      "repetition_penalty": [1.0], "no_repeat_ngram_size": [0]})["lengths"]
+    array([5], dtype=int32)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+SERVE_TAG = "serve"
+INIT_OP_SIGNATURE = "__saved_model_init_op"  # a SignatureDef that holds the init op, not an API
+
+
+class SessionModel:
+    """One SavedModel version in its own graph and Session (thread-safe: `Session.run`
+    may be called from several threads at once).
+
+    Args:
+        export_dir: a version folder (`saved_model.pb`, `variables/`, `assets/`).
+        intra_op_threads, inter_op_threads: the Session's thread pools (0: TensorFlow's
+            default, one per core).
+    """
+
+    def __init__(self, export_dir: str, intra_op_threads: int = 0, inter_op_threads: int = 0) -> None:
+        self.export_dir = export_dir
+        self.graph = tf.Graph()
+        config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=intra_op_threads,
+                                          inter_op_parallelism_threads=inter_op_threads)
+        self.session = tf.compat.v1.Session(graph=self.graph, config=config)
+        with self.graph.as_default():
+            self.meta_graph = tf.compat.v1.saved_model.loader.load(self.session, [SERVE_TAG], export_dir)
+        self.signature_defs = {name: sig for name, sig in self.meta_graph.signature_def.items()
+                               if name != INIT_OP_SIGNATURE}
+
+    def input_dtypes(self, signature: str) -> dict[str, tf.DType]:
+        """Input name -> dtype of one signature, as its SignatureDef declares them."""
+        return {name: tf.as_dtype(info.dtype) for name, info in self._signature(signature).inputs.items()}
+
+    def run(self, signature: str, inputs: dict) -> dict[str, np.ndarray]:
+        """Feeds `inputs` (name -> array-like) by the SignatureDef's tensor names and fetches
+        every output: name -> numpy array (strings as bytes). Raises KeyError for an
+        unknown signature, ValueError for missing or unknown inputs, and TensorFlow's
+        errors (InvalidArgumentError for a failed check) as TF Serving would return them."""
+        sig = self._signature(signature)
+        missing, extra = sorted(set(sig.inputs) - set(inputs)), sorted(set(inputs) - set(sig.inputs))
+        if missing or extra:
+            raise ValueError(f"signature {signature!r} takes inputs {sorted(sig.inputs)}; "
+                             f"missing {missing}, unknown {extra}")
+        feed = {info.name: np.asarray(inputs[name], dtype=tf.as_dtype(info.dtype).as_numpy_dtype)
+                for name, info in sig.inputs.items()}
+        fetches = {name: info.name for name, info in sig.outputs.items()}
+        return self.session.run(fetches, feed_dict=feed)
+
+    def close(self) -> None:
+        self.session.close()
+
+    def _signature(self, name: str):
+        if name not in self.signature_defs:
+            raise KeyError(f"unknown signature {name!r}; available: {sorted(self.signature_defs)}")
+        return self.signature_defs[name]
