@@ -113,7 +113,7 @@ class GenerationModule(tf.Module):
         row = tf.argmax(lengths, output_type=tf.int32)
         longest = tf.reduce_max(tf.concat([lengths, [0]], 0))
         message = tf.strings.format(
-            f"{what} {{}} has {{}} tokens, over this export's limit of {self.max_prompt_tokens} "
+            f"{what} {{}} has {{}} tokens, over the limit of {self.max_prompt_tokens} "
             f"(export.max_prompt_tokens): shorten it", (row, longest))
         return tf.debugging.Assert(longest <= self.max_prompt_tokens, [message])
 

@@ -77,13 +77,18 @@ def knob_problem(values: dict, max_new_tokens: int) -> str | None:
     for name, rule in KNOB_RANGES.items():
         if name not in values:
             continue
-        rows = np.asarray(values[name]).tolist()
+        rows = np.asarray(values[name])
         highs = _highs(name, rule, values, max_new_tokens, len(rows))
         for row, (value, high) in enumerate(zip(rows, highs)):
-            if not _inside(value, rule.low, high, rule.low_open):
+            if not _inside(value.item(), rule.low, high, rule.low_open):
                 return knob_range_message(name, rule.text(high if name != "min_new_tokens" else
-                                                          "max_new_tokens"), value, row)
+                                                          "max_new_tokens"), _number(value), row)
     return None
+
+
+def _number(value) -> str:
+    """A knob's value as TensorFlow's string formatting prints it (-1e+30, nan, 0.5, 65)."""
+    return f"{value.item():g}" if np.issubdtype(value.dtype, np.floating) else str(value.item())
 
 
 def _highs(name, rule, values, max_new_tokens, batch):

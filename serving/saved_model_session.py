@@ -65,8 +65,9 @@ class SessionModel:
         if missing or extra:
             raise ValueError(f"signature {signature!r} takes inputs {sorted(sig.inputs)}; "
                              f"missing {missing}, unknown {extra}")
-        feed = {info.name: np.asarray(inputs[name], dtype=tf.as_dtype(info.dtype).as_numpy_dtype)
-                for name, info in sig.inputs.items()}
+        with np.errstate(over="ignore"):  # 1e39 as float32 is inf, which the graph refuses
+            feed = {info.name: np.asarray(inputs[name], dtype=tf.as_dtype(info.dtype).as_numpy_dtype)
+                    for name, info in sig.inputs.items()}
         fetches = {name: info.name for name, info in sig.outputs.items()}
         return self.session.run(fetches, feed_dict=feed)
 

@@ -22,15 +22,15 @@ def write(path, text, mode="w"):
     return str(path)
 
 
-def start_lmpipe_serve(model_base, name, timeout=120):
-    """`lmpipe serve` on a free port for `model_base`: (process, base URL, ServingClient of
-    model `name`, its first status)."""
+def start_lmpipe_serve(model_base, name, *config_args, timeout=120):
+    """`lmpipe serve` on a free port for `model_base` (`config_args`: --set overrides):
+    (process, base URL, ServingClient of model `name`, its first status)."""
     from serving.client import ServingClient
 
     (port,) = free_ports()
     lmpipe = os.path.join(os.path.dirname(sys.executable), "lmpipe")
-    server = subprocess.Popen([lmpipe, "serve", "--model-base-path", str(model_base), "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen([lmpipe, "serve", "--model-base-path", str(model_base), "--port", str(port),
+                               *config_args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     client = ServingClient(url, name)
     deadline = time.time() + timeout
@@ -42,6 +42,35 @@ def start_lmpipe_serve(model_base, name, timeout=120):
                 server.kill()
                 raise AssertionError("lmpipe serve did not start") from None
             time.sleep(0.5)
+
+
+def session_path_signatures(export_dir):
+    """Replays every warmup record of an export the way TF Serving does (`SessionModel`: a
+    Session over the MetaGraph, the saver's restore op, the init op, tensor names) and
+    asserts each answer equals `tf.saved_model.load`'s for the same request: tokens,
+    lengths and texts exactly, floats to float32 rounding. Returns the signatures run."""
+    import numpy as np
+    import tensorflow as tf
+
+    from serving.saved_model_session import SessionModel
+    from serving.warmup import WARMUP_FILE, read_warmup_requests
+
+    session, objects = SessionModel(str(export_dir)), tf.saved_model.load(str(export_dir))
+    ran = []
+    for name, inputs in read_warmup_requests(os.path.join(export_dir, "assets.extra", WARMUP_FILE)):
+        answer = session.run(name, inputs)
+        fn = objects.signatures[name]
+        specs = fn.structured_input_signature[1]
+        reference = fn(**{k: tf.constant(v, specs[k].dtype) for k, v in inputs.items()})
+        assert set(answer) == set(reference), name
+        for key, value in answer.items():
+            if np.issubdtype(value.dtype, np.floating):
+                np.testing.assert_allclose(value, reference[key].numpy(), rtol=1e-6, atol=1e-6, err_msg=name)
+            else:
+                np.testing.assert_array_equal(value, reference[key].numpy(), err_msg=f"{name} {key}")
+        ran.append(name)
+    session.close()
+    return ran
 
 
 def die_at_call(trainer, call):

@@ -211,3 +211,24 @@ def test_batch_of_different_lengths_equals_each_prompt_alone(strategy):
 def test_unknown_strategy_quotes_the_name():
     with pytest.raises(ValueError, match="unknown decoding strategy 'top_q'"):
         get_strategy("top_q")
+
+
+def test_special_tokens_are_never_chosen_unless_unk_is_allowed():
+    """<unk> (1) is the model's best next token, <bos> (2) the second: no decoder picks
+    either; top-k and top-p renormalise over what is left; `<unk>` can be let through."""
+    probs = np.zeros((6, 6))
+    probs[:, :] = [0.0, 0.5, 0.3, 0.05, 0.1, 0.05]
+    model = BigramModel(probs)
+    prompts = [[EOS]] * 2
+    assert _run(model, prompts, max_new_tokens=3)[0] == [[4, 4, 4]] * 2
+    for strategy in ("top_k", "top_p", "sample"):
+        tokens, _ = _run(model, prompts * 50, strategy, max_new_tokens=2, seed=list(range(100)), k=2, p=0.5)
+        assert {t for row in tokens for t in row} <= {3, 4, 5}, strategy
+        if strategy != "sample":  # k=2 and p=0.5 over what is left: <eos> and 4 / 4 alone
+            assert {t for row in tokens for t in row} <= ({3, 4} if strategy == "top_k" else {4})
+    beam = beam_search(model, tf.constant(prompts), tf.constant([1, 1]),
+                       Knobs.defaults(2, max_new_tokens=3, beam_width=3))
+    assert not np.isin(beam.token_ids.numpy(), [1, 2]).any()
+    unk_allowed = generate(model, tf.constant(prompts), tf.constant([1, 1]), Knobs.defaults(2, max_new_tokens=2),
+                           get_strategy("greedy"), banned=(0, 2))
+    assert unk_allowed.token_ids.numpy().tolist() == [[1, 1]] * 2

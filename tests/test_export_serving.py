@@ -15,7 +15,7 @@ from serving.client import ServingClient, ServingError
 from serving.generation_module import SIGNATURE_KNOBS
 from serving.warmup import read_warmup_requests
 
-from conftest import start_lmpipe_serve, write
+from conftest import session_path_signatures, start_lmpipe_serve, write
 
 SIGNATURES = {"greedy", "beam_search", "sample", "top_k", "top_p", "score", "serving_default"}
 
@@ -28,7 +28,7 @@ def trained(tmp_path_factory):
     args = ["--set", f"data.train={corpus}", "--set", "data.format=lines",
             "--set", f"preprocess.output_dir={root / 'data'}", "--set", f"train.output_dir={root / 'train'}",
             "--set", f"export.base_path={root / 'export'}", "--set", "export.model_name=tiny",
-            "--set", "export.max_new_tokens=40",
+            "--set", "export.max_new_tokens=40", "--set", "export.max_prompt_tokens=60",
             "--set", "model.hidden_dim=24", "--set", "model.embedding_dim=24", "--set", "model.num_layers=1",
             "--set", "train.batch_size=8", "--set", "train.bptt=10", "--set", "train.epochs=3",
             "--set", "train.optimizer=adam", "--set", "train.learning_rate=0.02",
@@ -65,6 +65,9 @@ def test_clean_process_check_and_saved_model_cli(trained):
     report = check_export(version)
     assert report["ok"], report["problems"]
     assert set(report["signatures"]) == SIGNATURES
+    # Every warmup record ran in TF Serving's Session path, as tf.saved_model.load answers it.
+    assert sorted(r["signature"] for r in report["warmup_records"]) == sorted(SIGNATURES)
+    assert all(r["equals_object_load"] for r in report["warmup_records"])
     assert report["signatures"]["beam_search"]["text"] == [2, 4]
     cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
     shown = subprocess.run([cli, "show", "--dir", version, "--all"], capture_output=True, text=True,
@@ -163,3 +166,187 @@ def _row(method, **override):
     row = request_instances(["the"], method)[0]
     row.update(override)
     return [row]
+
+
+def test_session_path_answers_every_signature_and_warmup_record(trained):
+    """TF Serving's loading path (saver restore op + init op + tensor names): it failed on
+    Keras 3 variables, whose inner tf.Variable the restore op never assigned."""
+    root, _ = trained
+    assert sorted(session_path_signatures(root / "export" / "tiny" / "1")) == sorted(SIGNATURES)
+
+
+def _session_request(model, signature, **override):
+    from serving.client import request_instances
+
+    row = request_instances(["the cat"], signature)[0]
+    row.update(override)
+    return model.run(signature, {k: [v] for k, v in row.items()})
+
+
+BAD_KNOBS = [  # (signature, knob values, the message's start); each is refused in the graph too
+    ("beam_search", {"beam_width": 65}, "beam_width must be in [1, 64], got 65"),
+    ("beam_search", {"beam_width": 2147483647}, "beam_width must be in [1, 64], got 2147483647"),
+    ("beam_search", {"length_penalty": float("nan")}, "length_penalty must be in [-10, 10], got nan"),
+    ("beam_search", {"length_penalty": -1e30}, "length_penalty must be in [-10, 10], got -1e+30"),
+    ("sample", {"temperature": float("nan")}, "temperature must be in [1e-06, 1000000.0], got nan"),
+    ("sample", {"temperature": 1e-45}, "temperature must be in [1e-06, 1000000.0], got 0"),  # TF prints the denormal as 0
+    ("sample", {"temperature": 1e39}, "temperature must be in [1e-06, 1000000.0], got inf"),
+    ("greedy", {"repetition_penalty": 0.0}, "repetition_penalty must be in [0.001, 1000.0], got 0"),
+    ("greedy", {"repetition_penalty": -1.0}, "repetition_penalty must be in [0.001, 1000.0], got -1"),
+    ("greedy", {"repetition_penalty": float("nan")}, "repetition_penalty must be in [0.001, 1000.0], got nan"),
+    ("greedy", {"min_new_tokens": -1}, "min_new_tokens must be in [0, max_new_tokens], got -1"),
+    ("greedy", {"min_new_tokens": 9, "max_new_tokens": 8}, "min_new_tokens must be in [0, max_new_tokens], got 9"),
+    ("greedy", {"no_repeat_ngram_size": -1}, "no_repeat_ngram_size must be in [0, 8], got -1"),
+    ("greedy", {"max_new_tokens": 41}, "max_new_tokens must be in [0, 40], got 41"),
+    ("top_k", {"k": 0}, "k must be in [1, 2147483647], got 0"),
+    ("top_p", {"p": 0.0}, "p must be in (0, 1], got 0"),
+]
+
+
+@pytest.mark.parametrize("signature, knobs, message", BAD_KNOBS, ids=[m.split(",")[0] for _, _, m in BAD_KNOBS])
+def test_graph_refuses_bad_knobs_before_any_work(trained, signature, knobs, message):
+    """TF Serving's clients have no REST layer of ours: the graph asserts every range, and
+    the asserts run before tiling or looping (beam_width 2^31 - 1 fails at once)."""
+    from serving.rest_api import graph_error
+
+    root, _ = trained
+    model = _session_model(root)
+    started = time.perf_counter()
+    with pytest.raises(tf.errors.InvalidArgumentError) as err:
+        _session_request(model, signature, **knobs)
+    assert time.perf_counter() - started < 2.0
+    refusal = graph_error(err.value)
+    assert refusal.status == 400 and refusal.args[0] == message + " for prompt 0"
+
+
+_SESSIONS = {}
+
+
+def _session_model(root):
+    from serving.saved_model_session import SessionModel
+
+    path = str(root / "export" / "tiny" / "1")
+    if path not in _SESSIONS:
+        _SESSIONS[path] = SessionModel(path)
+    return _SESSIONS[path]
+
+
+def test_a_prompt_over_max_prompt_tokens_is_refused_in_the_graph(trained):
+    from serving.rest_api import graph_error
+
+    root, _ = trained
+    model = _session_model(root)
+    assert _session_request(model, "greedy", prompt="the cat " * 30, max_new_tokens=2)["lengths"][0] == 2  # 60 tokens
+    for signature, name in (("greedy", "prompt"), ("score", "text")):
+        with pytest.raises(tf.errors.InvalidArgumentError) as err:
+            if signature == "score":
+                model.run("score", {"text": ["the"] * 3 + ["the cat " * 40]})
+            else:
+                _session_request(model, signature, prompt="the cat " * 40)
+        assert graph_error(err.value).args[0] == (
+            f"{name} {3 if signature == 'score' else 0} has 80 tokens, over the limit of 60 "
+            "(export.max_prompt_tokens): shorten it")
+
+
+@pytest.fixture(scope="module")
+def served(trained):
+    """`lmpipe serve` on the tiny export, with a 1 MiB body cap."""
+    root, _ = trained
+    server, url, client, _ = start_lmpipe_serve(root / "export" / "tiny", "tiny",
+                                                "--set", "serve.max_request_bytes=1048576")
+    yield url, client
+    assert server.poll() is None  # alive after every request of the module
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def _post(url, path, body: bytes, method="POST"):
+    """(status, JSON body) of a raw request."""
+    import urllib.request
+
+    req = urllib.request.Request(url + path, data=body if method == "POST" else None, method=method,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signature, knobs, message", BAD_KNOBS, ids=[m.split(",")[0] for _, _, m in BAD_KNOBS])
+def test_rest_refuses_bad_knobs_with_name_value_and_range(served, signature, knobs, message):
+    _, client = served
+    row = _row(signature, **knobs)
+    with pytest.raises(ServingError) as err:
+        client.predict(signature, row)
+    expected = message
+    if "1e-45" in repr(knobs):  # the REST layer prints the float32 the graph would get; TF prints 0
+        expected = "temperature must be in [1e-06, 1000000.0], got 1.4013e-45"
+    assert err.value.status == 400 and err.value.message == expected + " for prompt 0"
+
+
+@pytest.mark.slow
+def test_rest_bad_bodies_budget_and_paths(served):
+    url, client = served
+    greedy = json.dumps({"signature_name": "greedy", "instances": _row("greedy")}).encode()
+    cases = [
+        # (path, body, method, status, message start)
+        ("/v1/models/tiny:predict", b"[" * 100_000, "POST", 400, "malformed JSON: the body nests"),
+        ("/v1/models/tiny:predict", greedy.replace(b'"the"', b'"\\ud800"'), "POST", 400,
+         "input 'prompt' of prompt 0 is not valid Unicode text"),
+        ("/v1/models/tiny:predict", b" " * (1048576 + 1), "POST", 413,
+         "the request body is over this server's limit of 1048576 bytes (serve.max_request_bytes)"),
+        ("/v1/models/tiny:predict", json.dumps({"signature_name": "beam_search", "instances": _row(
+            "beam_search", beam_width=64, max_new_tokens=40) * 64}).encode(), "POST", 400,
+         "this request asks for 163840 token steps (64 prompts x beam width 64 x 40 max_new_tokens), over the "
+         "compute budget of 65536 per request (serve.compute_budget)"),
+        ("/v1/models/tiny:predict", b"", "GET", 400, "Malformed request: GET /v1/models/tiny:predict"),
+        ("/v1/models/other:predict", greedy, "POST", 404, "Servable not found: unknown model 'other'"),
+        ("/v1/models/tiny/versions/99:predict", greedy, "POST", 404, "Servable not found: model 'tiny' has no version 99"),
+        ("/v1/models/tiny/versions/99", b"", "GET", 404, "Servable not found: model 'tiny' has no version 99"),
+        ("/v1/models/tiny/labels/stable", b"", "GET", 400, "Unrecognized servable version label 'stable'"),
+        ("/v1/models/tiny/oops", b"", "GET", 400, "Malformed request: GET /v1/models/tiny/oops"),
+        ("/v1/models/tiny", b"{}", "POST", 400, "Malformed request: POST /v1/models/tiny"),
+        ("/nowhere", b"", "GET", 404, "Not Found: GET /nowhere"),
+    ]
+    for path, body, method, status, message in cases:
+        got_status, got = _post(url, path, body, method)
+        assert (got_status, list(got)) == (status, ["error"]), (path, got_status, got)
+        assert got["error"].startswith(message), (path, got["error"])
+    # A status GET by label works once models.config names one (see test_scheduled_run); the
+    # server also answers every ordinary request after all of the above.
+    assert client.generate(["the cat"], method="greedy", max_new_tokens=3)[0]["lengths"] == 3
+
+
+@pytest.mark.slow
+def test_status_answers_while_long_predictions_run(served):
+    """Predictions run in worker threads, never on the event loop: status and metadata
+    answer while the graph is busy with heavy requests."""
+    import threading
+
+    url, client = served
+    heavy = _row("beam_search", beam_width=64, max_new_tokens=40, min_new_tokens=40, no_repeat_ngram_size=4) * 25
+    done = []  # 64,000 token steps a request (in budget); 4 clients send 8 each
+
+    def send():
+        for _ in range(8):
+            done.append(client.predict("beam_search", heavy))
+
+    threads = [threading.Thread(target=send) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)
+    waits = []
+    for _ in range(5):
+        started = time.perf_counter()
+        assert client.status()["model_version_status"]
+        client.metadata()
+        waits.append(time.perf_counter() - started)
+        time.sleep(0.05)
+    busy = len(done) < 32
+    for thread in threads:
+        thread.join()
+    assert busy, "the heavy requests ended before status was asked; make them heavier"
+    assert max(waits) < 1.0, waits  # typically a few ms (bench/serve.py measures it)
+    assert len(done) == 32 and len(done[0]["predictions"]) == 25

@@ -67,3 +67,23 @@ def test_mixed_bfloat16_keeps_float32_state_and_loss_and_trains(tmp_path):
     history = Trainer(model, TrainConfig(batch_size=4, bptt=6, epochs=2, optimizer="adam", learning_rate=0.02),
                       str(tmp_path), verbose=False).fit(stream, stream[:100])
     assert history[-1]["valid_ppl"] < history[0]["valid_ppl"]
+
+
+@pytest.mark.parametrize("chunk_tokens", [1, 4, 9, 2048])
+def test_prime_and_token_nll_read_in_windows_exactly(chunk_tokens):
+    """prime computes only the last position's logits and token_nll never [B, T, V]:
+    window by window, with the state carried, both equal the whole-sequence call."""
+    lm = build_language_model(dict(vocab_size=30, embedding_dim=6, hidden_dim=5, num_layers=2, tie_embeddings=True))
+    ids = tf.constant(np.random.default_rng(0).integers(3, 30, size=(3, 11)), tf.int32)
+    lengths = tf.constant([11, 1, 6])
+    mask = tf.sequence_mask(lengths, 11)
+    logits, states = lm(ids, mask=mask)
+    last, primed = lm.prime(ids, lengths, chunk_tokens=chunk_tokens)
+    np.testing.assert_array_equal(last, tf.gather(logits, lengths - 1, batch_dims=1))
+    for a, b in zip(primed, states):
+        np.testing.assert_array_equal(a, b)
+    targets = tf.roll(ids, -1, axis=1)
+    expected = tf.where(mask, tf.nn.sparse_softmax_cross_entropy_with_logits(targets, logits), 0.0)
+    np.testing.assert_allclose(lm.token_nll(ids, targets, lengths, chunk_tokens=chunk_tokens), expected,
+                               rtol=1e-6, atol=1e-6)
+    assert lm.token_nll(tf.zeros([2, 0], tf.int32), tf.zeros([2, 0], tf.int32), tf.constant([0, 0])).shape == (2, 0)

@@ -9,7 +9,9 @@ import pytest
 
 from pipeline.cli import main
 
-from conftest import start_lmpipe_serve, write
+from conftest import session_path_signatures, start_lmpipe_serve, write
+
+SIGNATURES = ["beam_search", "greedy", "sample", "score", "serving_default", "top_k", "top_p"]
 
 WORDS = ["red", "green", "blue", "cat", "dog", "sun", "moon", "tree"]
 
@@ -49,6 +51,10 @@ def test_lmpipe_run_trains_exports_and_promotes_a_seq2seq_model(tmp_path, capsys
     assert stages["evaluate"]["metric"] == "test_bleu_greedy" and stages["evaluate"]["new"] > 90
     assert "tok:none" in stages["evaluate"]["bleu_signature"]
     assert stages["export"]["check_ok"], stages["export"]["problems"]
+    # The serving gate replayed every warmup record in TF Serving's Session path...
+    assert sorted(r["signature"] for r in stages["export"]["warmup_records"]) == SIGNATURES
+    # ...and so does this process, each answer equal to tf.saved_model.load's.
+    assert sorted(session_path_signatures(stages["export"]["path"])) == SIGNATURES
     report = os.path.join(stages["report"]["folder"])
     assert {"bleu.json", "samples.csv", "attention_0.png"} <= set(os.listdir(report))
     bleu = json.load(open(os.path.join(report, "bleu.json")))
