@@ -9,7 +9,7 @@ MetaGraph, requests by SignatureDef tensor names), so what this server answers i
 TF Serving would answer.
 
 No request can take the server down or stall it:
-- a body over `max_request_bytes` is refused with 413 before it is read whole;
+- a body over `max_request_bytes` is refused with 413, never held in memory;
 - every knob's range, the batch size and the compute budget (prompts x beam width x
   max new tokens) are checked before the graph runs (the graph checks the knobs again);
 - predictions run in worker threads, at most `max_concurrent_predictions` at a time,
@@ -30,12 +30,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 
 import anyio
 import tensorflow as tf
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.memory import release_free_memory
@@ -63,6 +64,9 @@ class PayloadTooLarge(ServingError):
         super().__init__(f"the request body is over this server's limit of {limit} bytes "
                          "(serve.max_request_bytes): send fewer or shorter prompts")
         self.status = 413
+
+
+DRAIN_FACTOR = 8
 
 
 def _error(message: str, status: int = 400) -> JSONResponse:
@@ -163,9 +167,12 @@ def create_app(versions: ModelVersions, limits: ServerLimits = ServerLimits()) -
     return app
 
 
-def _run(loaded: LoadedVersion, signature: str, arrays: dict, layout: str) -> dict:
+def _run(loaded: LoadedVersion, signature: str, arrays: dict, layout: str) -> Response:
+    """Runs the graph and encodes the JSON answer, both here in a worker thread (a large
+    answer encoded on the event loop would hold status requests up)."""
     try:
-        return format_response(loaded.model.run(signature, arrays), layout)
+        body = json.dumps(format_response(loaded.model.run(signature, arrays), layout), allow_nan=False)
+        return Response(body, media_type="application/json")
     except tf.errors.OpError as err:
         raise graph_error(err) from None
     finally:
@@ -173,16 +180,18 @@ def _run(loaded: LoadedVersion, signature: str, arrays: dict, layout: str) -> di
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refused (413) as soon as it is known to be over `limit` bytes."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(limit)
+    """The body; over `limit` bytes it is refused (413) without being kept: what the client
+    still sends is read and dropped, up to `DRAIN_FACTOR` x `limit`, so it reads the 413
+    instead of a reset connection (beyond that the connection is closed)."""
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(limit)
-        chunks.append(chunk)
+        if size <= limit:
+            chunks.append(chunk)
+        elif size > DRAIN_FACTOR * limit:
+            break
+    if size > limit:
+        raise PayloadTooLarge(limit)
     return b"".join(chunks)
 
 

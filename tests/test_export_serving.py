@@ -250,10 +250,16 @@ def test_a_prompt_over_max_prompt_tokens_is_refused_in_the_graph(trained):
 
 @pytest.fixture(scope="module")
 def served(trained):
-    """`lmpipe serve` on the tiny export, with a 1 MiB body cap."""
+    """`lmpipe serve` on the tiny export, with a 1 MiB body cap and a models.config that
+    labels version 1 `stable`."""
+    from serving.serving_config import write_models_config
+
     root, _ = trained
-    server, url, client, _ = start_lmpipe_serve(root / "export" / "tiny", "tiny",
-                                                "--set", "serve.max_request_bytes=1048576")
+    config_dir = root / "served_config"
+    config_dir.mkdir(exist_ok=True)
+    write_models_config(str(config_dir), "tiny", stable=1)
+    server, url, client, _ = start_lmpipe_serve(root / "export" / "tiny", "tiny", "--model-config-dir",
+                                                str(config_dir), "--set", "serve.max_request_bytes=1048576")
     yield url, client
     assert server.poll() is None  # alive after every request of the module
     server.terminate()
@@ -305,7 +311,7 @@ def test_rest_bad_bodies_budget_and_paths(served):
         ("/v1/models/other:predict", greedy, "POST", 404, "Servable not found: unknown model 'other'"),
         ("/v1/models/tiny/versions/99:predict", greedy, "POST", 404, "Servable not found: model 'tiny' has no version 99"),
         ("/v1/models/tiny/versions/99", b"", "GET", 404, "Servable not found: model 'tiny' has no version 99"),
-        ("/v1/models/tiny/labels/stable", b"", "GET", 400, "Unrecognized servable version label 'stable'"),
+        ("/v1/models/tiny/labels/canary", b"", "GET", 400, "Unrecognized servable version label 'canary'"),
         ("/v1/models/tiny/oops", b"", "GET", 400, "Malformed request: GET /v1/models/tiny/oops"),
         ("/v1/models/tiny", b"{}", "POST", 400, "Malformed request: POST /v1/models/tiny"),
         ("/nowhere", b"", "GET", 404, "Not Found: GET /nowhere"),
@@ -314,8 +320,9 @@ def test_rest_bad_bodies_budget_and_paths(served):
         got_status, got = _post(url, path, body, method)
         assert (got_status, list(got)) == (status, ["error"]), (path, got_status, got)
         assert got["error"].startswith(message), (path, got["error"])
-    # A status GET by label works once models.config names one (see test_scheduled_run); the
-    # server also answers every ordinary request after all of the above.
+    # Status by label, as TF Serving serves it; and ordinary requests after all of the above.
+    assert _post(url, "/v1/models/tiny/labels/stable", b"", "GET") == (200, {"model_version_status": [
+        {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]})
     assert client.generate(["the cat"], method="greedy", max_new_tokens=3)[0]["lengths"] == 3
 
 
@@ -350,3 +357,15 @@ def test_status_answers_while_long_predictions_run(served):
     assert busy, "the heavy requests ended before status was asked; make them heavier"
     assert max(waits) < 1.0, waits  # typically a few ms (bench/serve.py measures it)
     assert len(done) == 32 and len(done[0]["predictions"]) == 25
+
+
+def test_unk_is_banned_unless_the_export_lets_it_through(trained):
+    from pipeline.tokenizer import Tokenizer
+    from serving.generation_module import GenerationModule
+    from trainer.train_run import load_trained_model
+
+    root, _ = trained
+    model_dir = next((root / "train").glob("*/model"))
+    model, tokenizer = load_trained_model(str(model_dir)), Tokenizer.from_dir(str(model_dir))
+    assert GenerationModule(model, tokenizer, 8).banned == (0, 2, 1)  # <pad>, <bos>, <unk>
+    assert GenerationModule(model, tokenizer, 8, allow_unk=True).banned == (0, 2)

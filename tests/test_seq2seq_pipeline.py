@@ -55,6 +55,13 @@ def test_lmpipe_run_trains_exports_and_promotes_a_seq2seq_model(tmp_path, capsys
     assert sorted(r["signature"] for r in stages["export"]["warmup_records"]) == SIGNATURES
     # ...and so does this process, each answer equal to tf.saved_model.load's.
     assert sorted(session_path_signatures(stages["export"]["path"])) == SIGNATURES
+    from serving.rest_api import BadRequest
+    from serving.local_predict import predict_local
+
+    with pytest.raises(BadRequest, match=r"^source 0 has 1025 tokens, over the limit of 1024 "):
+        predict_local(stages["export"]["path"], "greedy", [{"source": "red " * 1024, "max_new_tokens": 4,
+                                                            "min_new_tokens": 0, "repetition_penalty": 1.0,
+                                                            "no_repeat_ngram_size": 0}])
     report = os.path.join(stages["report"]["folder"])
     assert {"bleu.json", "samples.csv", "attention_0.png"} <= set(os.listdir(report))
     bleu = json.load(open(os.path.join(report, "bleu.json")))
