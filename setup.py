@@ -16,6 +16,8 @@ setup(
         "mlflow>=3,<4",
         "apache-beam[tfrecord]>=2.77,<2.78",
         "tensorflow-serving-api>=2.21,<2.22",
+        "grpcio>=1.60,<2",
+        "prometheus_client>=0.20,<1",
         "fastapi>=0.110,<1",
         "uvicorn>=0.29,<1",
         "pydantic>=2.6,<3",

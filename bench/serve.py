@@ -68,9 +68,10 @@ def predict_body(signature: str, prompts: list[str], **knobs) -> bytes:
 
 
 def start_server(export_base: str, budget: int) -> tuple[subprocess.Popen, str]:
-    (port,) = free_local_ports()
+    port, grpc_port = free_local_ports(2)
     lmpipe = os.path.join(os.path.dirname(sys.executable), "lmpipe")
     server = subprocess.Popen([lmpipe, "serve", "--model-base-path", export_base, "--port", str(port),
+                               "--grpc-port", str(grpc_port),
                                "--set", f"serve.compute_budget={budget}"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/v1/models/lm"

@@ -197,16 +197,26 @@ def _report_check(path: str) -> int:
 
 def cmd_serve(args, extra: list[str]) -> int:
     config = _load(args)
+    from serving.batching import BatchingParameters
     from serving.server import ServerLimits, serve
 
     base = args.model_base_path or os.path.join(config.export.base_path, config.export.model_name)
     config_dir = args.model_config_dir or (None if args.model_base_path else config.export.base_path)
-    limits = ServerLimits(max_batch_size=config.serve.max_batch_size,
-                          max_request_bytes=config.serve.max_request_bytes,
-                          compute_budget=config.serve.compute_budget,
-                          max_concurrent_predictions=config.serve.max_concurrent_predictions)
-    serve(base, host=args.host or config.serve.host, port=args.port or config.serve.port, limits=limits,
-          config_dir=config_dir)
+    serve_config = config.serve
+    grpc_port = serve_config.grpc_port if args.grpc_port is None else args.grpc_port
+    if args.print_tf_serving_command:
+        from serving.serving_config import tf_serving_command
+
+        print(tf_serving_command(config_dir or config.export.base_path, grpc_port or 8500,
+                                 args.port or serve_config.port, batching=serve_config.batching.enabled))
+        return 0
+    limits = ServerLimits(max_batch_size=serve_config.max_batch_size,
+                          max_request_bytes=serve_config.max_request_bytes,
+                          compute_budget=serve_config.compute_budget,
+                          max_concurrent_predictions=serve_config.max_concurrent_predictions)
+    batching = BatchingParameters.from_config(serve_config.batching) if serve_config.batching.enabled else None
+    serve(base, host=args.host or serve_config.host, port=args.port or serve_config.port, limits=limits,
+          batching=batching, grpc_port=grpc_port, config_dir=config_dir)
     return 0
 
 
@@ -235,7 +245,7 @@ def cmd_schedule(args, extra: list[str]) -> int:
 
 
 def cmd_generate(args, extra: list[str]) -> int:
-    from serving.client import ServerUnreachable, ServingClient, ServingError, request_instances
+    from serving.client import ServerUnreachable, ServingError, connect, request_instances
     from serving.generation_module import SIGNATURE_KNOBS
     from serving.knobs import knob_problem
     from serving.rest_api import ServingError as RefusedLocally
@@ -248,7 +258,7 @@ def cmd_generate(args, extra: list[str]) -> int:
         if args.export_dir:
             predictions = _predict_in_process(args, knobs)
         else:
-            client = ServingClient(args.url, args.model)
+            client = connect(args.url, args.model)
             instances = request_instances(args.prompts, args.method, client.prompt_input(args.method), **knobs)
             predictions = client.predict(args.method, instances)["predictions"]
     except ValueError as err:  # a URL without a scheme
@@ -349,7 +359,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     _config_args(srv)
     srv.add_argument("--model-base-path", help="<export.base_path>/<model_name> (default from config)")
     srv.add_argument("--host", help="bind address (default serve.host, 127.0.0.1)")
-    srv.add_argument("--port", type=int, help="port (default serve.port)")
+    srv.add_argument("--port", type=int, help="REST port (default serve.port, 8501)")
+    srv.add_argument("--grpc-port", type=int, help="gRPC port (default serve.grpc_port, 8500; 0: no gRPC)")
+    srv.add_argument("--print-tf-serving-command", action="store_true",
+                     help="print the tensorflow_model_server command for the files lmpipe run writes, and exit")
     srv.add_argument("--model-config-dir", help="folder of a models.config pinning versions and labels "
                      "(default: export.base_path when --model-base-path is not given)")
     handlers["serve"] = cmd_serve
@@ -357,7 +370,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     gen = sub.add_parser("generate", help="generate text through a server or a SavedModel")
     gen.add_argument("prompts", nargs="+")
     where = gen.add_mutually_exclusive_group(required=True)
-    where.add_argument("--url", help="a TF Serving or lmpipe serve REST address")
+    where.add_argument("--url", help="a TF Serving or lmpipe serve address: http://host:8501 (REST) "
+                       "or grpc://host:8500 (gRPC)")
     where.add_argument("--export-dir", help="a SavedModel version folder, run in this process")
     gen.add_argument("--model", default="lm", help="model name on the server")
     gen.add_argument("--method", default="top_p", choices=["greedy", "beam_search", "sample", "top_k", "top_p"])

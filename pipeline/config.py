@@ -255,9 +255,31 @@ class ExportConfig(_Section):
     keep_versions: int = Field(5, ge=1)
 
 
+class BatchingConfig(_Section):
+    """TF Serving's batching parameters (`--enable_batching`), same names and meanings."""
+
+    enabled: bool = False
+    max_batch_size: int = Field(64, ge=1)  # rows of one merged batch
+    batch_timeout_micros: int = Field(1000, ge=0)  # how long a batch waits to fill
+    max_enqueued_batches: int = Field(100, ge=1)  # beyond it: 503 UNAVAILABLE at once
+    num_batch_threads: int = Field(2, ge=1)  # batches run at once
+    allowed_batch_sizes: list[int] = Field(default_factory=list)  # pad batches up to these
+    pad_variable_length_inputs: bool = False
+
+    @model_validator(mode="after")
+    def _sizes_end_at_max(self) -> "BatchingConfig":
+        sizes = self.allowed_batch_sizes
+        if sizes and (sizes != sorted(set(sizes)) or sizes[-1] != self.max_batch_size):
+            raise ValueError(f"allowed_batch_sizes must increase and end at max_batch_size "
+                             f"({self.max_batch_size}), as TF Serving requires; got {sizes}")
+        return self
+
+
 class ServeConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8501, ge=1, le=65535)
+    grpc_port: int = Field(8500, ge=0, le=65535)  # TF Serving's gRPC API; 0: off
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
     max_batch_size: int = Field(64, ge=1)
     max_request_bytes: int = Field(8 * 2**20, ge=1024)  # a larger body is refused (413)
     compute_budget: int = Field(65_536, ge=1)  # prompts x beam width x max new tokens per request

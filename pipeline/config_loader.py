@@ -78,20 +78,21 @@ def _read_yaml(path: str | os.PathLike) -> dict[str, Any]:
 def _apply_override(raw: dict[str, Any], item: str) -> None:
     key, sep, text = item.partition("=")
     parts = key.strip().split(".")
-    if not sep or len(parts) != 2 or not all(parts):
+    if not sep or len(parts) not in (2, 3) or not all(parts):
         raise ConfigError(
             f"config error: --set {item!r} must look like section.key=value "
-            "(for example --set train.epochs=3)"
+            "(for example --set train.epochs=3, or --set serve.batching.max_batch_size=16)"
         )
-    section, name = parts
     try:
         value = yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError:
         value = text
-    target = raw.setdefault(section, {})
-    if not isinstance(target, dict):
-        raise ConfigError(f"config error: section {section!r} must be a mapping")
-    target[name] = value
+    target = raw
+    for depth, part in enumerate(parts[:-1]):
+        target = target.setdefault(part, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"config error: {'.'.join(parts[:depth + 1])!r} must be a mapping")
+    target[parts[-1]] = value
 
 
 def _describe(err: ValidationError, raw: dict[str, Any], path: Any) -> str:

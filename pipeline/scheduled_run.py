@@ -284,8 +284,10 @@ def _promote(config, registry, trained: dict, scores: dict, exported: dict) -> d
 
 
 def _deploy(config, registry, manifest: dict) -> None:
-    """models.config (stable = champion, canary = latest challenger) and old-version pruning."""
-    from serving.serving_config import prune_versions, write_models_config
+    """models.config (stable = champion, canary = latest challenger), TF Serving's batching and
+    monitoring files beside it, and old-version pruning."""
+    from serving.batching import BatchingParameters
+    from serving.serving_config import prune_versions, write_models_config, write_serving_files
 
     champion = registry.version_with_alias("champion")
     stable = int(champion.tags["export_version"]) if champion and "export_version" in champion.tags else None
@@ -297,6 +299,8 @@ def _deploy(config, registry, manifest: dict) -> None:
         canary = int(challenger.tags["export_version"])
         canary = canary if canary > stable else None
     manifest["models_config"] = write_models_config(config.export.base_path, config.export.model_name, stable, canary)
+    manifest["serving_files"] = write_serving_files(config.export.base_path,
+                                                    BatchingParameters.from_config(config.serve.batching))
     manifest["stable_version"], manifest["canary_version"] = stable, canary
     base = os.path.join(config.export.base_path, config.export.model_name)
     manifest["pruned_versions"] = prune_versions(base, config.export.keep_versions, {stable, canary} - {None})

@@ -1,8 +1,9 @@
-"""A client of TF Serving's REST API: the same calls work against `lmpipe serve` and a real
-TF Serving. It fills every knob the signature takes (TF Serving requires all inputs).
+"""A client of TF Serving's REST API (http://host:8501) and gRPC API (grpc://host:8500): the
+same calls work against `lmpipe serve` and a real TF Serving. It fills every knob the
+signature takes (TF Serving requires all inputs).
 
 Example:
-    >>> client = ServingClient("http://127.0.0.1:8501", "lm")
+    >>> client = connect("http://127.0.0.1:8501", "lm")      # or "grpc://127.0.0.1:8500"
     >>> client.generate(["The meaning of"], method="top_p", p=0.9, seed=7)[0]["text"]
     'life is ...'
 """
@@ -47,8 +48,8 @@ class ServingClient:
     def __init__(self, url: str, model: str, version: int | None = None, timeout: float = 120) -> None:
         """`url`: http://host:port (TF Serving's REST port is 8501); ValueError without a scheme."""
         if not url.startswith(("http://", "https://")):
-            raise ValueError(f"the server URL must start with http:// or https://, got {url!r} "
-                             "(e.g. http://127.0.0.1:8501)")
+            raise ValueError(f"the server URL must start with http://, https:// or grpc://, got {url!r} "
+                             "(e.g. http://127.0.0.1:8501 or grpc://127.0.0.1:8500)")
         self.url = url
         self.base = f"{url.rstrip('/')}/v1/models/{model}" + (f"/versions/{version}" if version else "")
         self.timeout = timeout
@@ -97,3 +98,85 @@ class ServingClient:
         except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
             reason = getattr(err, "reason", err)
             raise ServerUnreachable(f"cannot reach the model server at {self.url}: {reason}") from None
+
+
+class GrpcServingClient(ServingClient):
+    """The same calls over TF Serving's gRPC API (PredictionService, ModelService); answers
+    come back in the REST layout, so callers do not care which API they use."""
+
+    def __init__(self, url: str, model: str, version: int | None = None, timeout: float = 120) -> None:
+        import grpc
+        from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+
+        self.url, self.model, self.version, self.timeout = url, model, version, timeout
+        self._prompt_inputs, self._dtypes = {}, {}
+        channel = grpc.insecure_channel(url[len("grpc://"):])
+        self._prediction = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        self._models = model_service_pb2_grpc.ModelServiceStub(channel)
+
+    def status(self) -> dict:
+        from google.protobuf import json_format
+        from tensorflow_serving.apis import get_model_status_pb2
+
+        request = get_model_status_pb2.GetModelStatusRequest(model_spec=self._spec(""))
+        response = self._rpc(self._models.GetModelStatus, request)
+        return json_format.MessageToDict(response, preserving_proto_field_name=True)
+
+    def metadata(self) -> dict:
+        from google.protobuf import json_format
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        request = get_model_metadata_pb2.GetModelMetadataRequest(model_spec=self._spec(""),
+                                                                 metadata_field=["signature_def"])
+        response = self._rpc(self._prediction.GetModelMetadata, request)
+        defs = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(defs)
+        self._dtypes = {name: {k: v.dtype for k, v in sig.inputs.items()} for name, sig in defs.signature_def.items()}
+        as_json = {name: json_format.MessageToDict(sig, preserving_proto_field_name=True)
+                   for name, sig in defs.signature_def.items()}
+        return {"model_spec": json_format.MessageToDict(response.model_spec, preserving_proto_field_name=True),
+                "metadata": {"signature_def": {"signature_def": as_json}}}
+
+    def predict(self, signature: str, instances: list | None = None, inputs: dict | None = None) -> dict:
+        import tensorflow as tf
+        from tensorflow_serving.apis import predict_pb2
+
+        from serving.rest_api import format_response
+
+        if not self._dtypes:
+            self.metadata()
+        dtypes = self._dtypes.get(signature, {})
+        columns = inputs if inputs is not None else {k: [row[k] for row in instances] for k in instances[0]}
+        request = predict_pb2.PredictRequest(model_spec=self._spec(signature))
+        for name, values in columns.items():
+            request.inputs[name].CopyFrom(tf.make_tensor_proto(values, dtype=dtypes.get(name)))
+        response = self._rpc(self._prediction.Predict, request)
+        outputs = {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
+        return format_response(outputs, "row" if inputs is None else "columnar")
+
+    def _spec(self, signature: str):
+        from tensorflow_serving.apis import model_pb2
+
+        spec = model_pb2.ModelSpec(name=self.model, signature_name=signature)
+        if self.version:
+            spec.version.value = self.version
+        return spec
+
+    def _rpc(self, method, request):
+        import grpc
+
+        from serving.rest_api import STATUS
+
+        try:
+            return method(request, timeout=self.timeout)
+        except grpc.RpcError as err:
+            if err.code() in (grpc.StatusCode.UNAVAILABLE,) and "failed to connect" in (err.details() or "").lower():
+                raise ServerUnreachable(f"cannot reach the model server at {self.url}: {err.details()}") from None
+            raise ServingError(STATUS.get(err.code().name, 500), err.details() or err.code().name) from None
+
+
+def connect(url: str, model: str, version: int | None = None, timeout: float = 120) -> ServingClient:
+    """A client for `url`: grpc://host:port (gRPC) or http(s)://host:port (REST)."""
+    if url.startswith("grpc://"):
+        return GrpcServingClient(url, model, version, timeout)
+    return ServingClient(url, model, version, timeout)

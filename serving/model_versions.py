@@ -17,6 +17,8 @@ import dataclasses
 import json
 import os
 import threading
+import time
+from typing import Callable
 
 import tensorflow_text  # noqa: F401  (registers the TF Text ops the graph uses)
 from google.protobuf import json_format
@@ -53,9 +55,11 @@ def load_version(path: str, version: int, warm_up: bool = True) -> LoadedVersion
 class ModelVersions:
     """Thread-safe view of the served versions of one model folder."""
 
-    def __init__(self, model_base_path: str, poll_seconds: float = 2.0, config_dir: str | None = None) -> None:
+    def __init__(self, model_base_path: str, poll_seconds: float = 2.0, config_dir: str | None = None,
+                 on_load: Callable[[int, str, float], None] | None = None) -> None:
         """`config_dir`: a folder whose `models.config` (written by `lmpipe run`) pins the
-        versions to serve and their labels, re-read whenever it changes."""
+        versions to serve and their labels, re-read whenever it changes. `on_load(version,
+        status, seconds)` hears of every load ("OK" or "FAILED") and its duration."""
         self.base = model_base_path
         self.name = os.path.basename(os.path.normpath(model_base_path))
         self.poll_seconds = poll_seconds
@@ -66,6 +70,7 @@ class ModelVersions:
         self._latest: int | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._on_load = on_load or (lambda version, status, seconds: None)
 
     def start(self) -> "ModelVersions":
         """Loads the newest version now and watches for newer ones."""
@@ -85,10 +90,20 @@ class ModelVersions:
         if not versions or versions[-1] == self._latest:
             return
         newest = versions[-1]
-        loaded = load_version(os.path.join(self.base, str(newest)), newest)
+        loaded = self._load(newest)
         with self._lock:
             self._loaded[newest] = loaded
             self._latest = newest
+
+    def _load(self, version: int) -> LoadedVersion:
+        started = time.perf_counter()
+        try:
+            loaded = load_version(os.path.join(self.base, str(version)), version)
+        except Exception:
+            self._on_load(version, "FAILED", time.perf_counter() - started)
+            raise
+        self._on_load(version, "OK", time.perf_counter() - started)
+        return loaded
 
     def _read_policy(self) -> None:
         if self.config_dir is None:
@@ -125,7 +140,7 @@ class ModelVersions:
         path = os.path.join(self.base, str(version))
         if not os.path.isdir(path) or (self._allowed is not None and version not in self._allowed):
             return None
-        loaded = load_version(path, version)
+        loaded = self._load(version)
         with self._lock:
             self._loaded.setdefault(version, loaded)
         return loaded

@@ -12,8 +12,9 @@ No request can take the server down or stall it:
 - a body over `max_request_bytes` is refused with 413, never held in memory;
 - every knob's range, the batch size and the compute budget (prompts x beam width x
   max new tokens) are checked before the graph runs (the graph checks the knobs again);
-- predictions run in worker threads, at most `max_concurrent_predictions` at a time,
-  never on the event loop, so status, metadata and other refusals answer at once;
+- predictions run in worker threads (at most `max_concurrent_predictions` at a time, or
+  the batcher's `num_batch_threads`), never on the event loop, so status, metadata and
+  other refusals answer at once;
 - after each prediction the C allocator hands freed memory back to the system.
 
 Every error is `{"error": "<message>"}` with TF Serving's status for it: 400 for a bad
@@ -21,40 +22,35 @@ request (and for a path TF Serving does not know: "Malformed request"), 404 for 
 unknown model or version, 413 for a body over the cap, 429 when the graph runs out of
 memory, 500 for a bug.
 
+Also: `GET /monitoring/prometheus/metrics` (TF Serving's path; `serving/metrics.py`), and
+TF Serving's gRPC API beside REST (`serving/grpc_server.py`), both over one `Predictor`.
+
 Example:
-    >>> app = create_app(ModelVersions("work/export/lm").start(), ServerLimits())
+    >>> app = create_app(Predictor(ModelVersions("work/export/lm").start(), ServerLimits()))
     >>> uvicorn.run(app, host="127.0.0.1", port=8501)
 """
 
 from __future__ import annotations
 
-import dataclasses
+import asyncio
 import functools
 import json
+import os
+import time
 
 import anyio
-import tensorflow as tf
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serving.memory import release_free_memory
+from serving.batching import BatchingParameters
+from serving.metrics import CONTENT_TYPE, METRICS_PATH, ServingMetrics
 from serving.model_versions import LoadedVersion, ModelVersions
+from serving.predictor import Predictor, ServerLimits
 from serving.rest_api import (
-    STATUS, BadRequest, NotFound, ServingError, check_request, columns, format_response, graph_error,
-    parse_body, parse_request, to_arrays,
+    STATUS, BadRequest, ServingError, columns, format_response, parse_body, parse_request, to_arrays,
 )
-
-
-@dataclasses.dataclass(frozen=True)
-class ServerLimits:
-    """What one request may ask of the server (the `serve` section of the config)."""
-
-    max_batch_size: int = 64
-    max_request_bytes: int = 8 * 2**20
-    compute_budget: int = 65_536  # prompts x beam width x max new tokens
-    max_concurrent_predictions: int = 2
 
 
 class PayloadTooLarge(ServingError):
@@ -73,28 +69,16 @@ def _error(message: str, status: int = 400) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def create_app(versions: ModelVersions, limits: ServerLimits = ServerLimits()) -> FastAPI:
+def create_app(predictor: Predictor) -> FastAPI:
+    """TF Serving's REST API over `predictor` (its versions, limits, batching, metrics)."""
     app = FastAPI(title="lmpipe serving", docs_url=None, redoc_url=None, openapi_url=None)
-    predictions = anyio.CapacityLimiter(limits.max_concurrent_predictions)
+    versions, limits = predictor.versions, predictor.limits
     _error_handlers(app)
 
     def resolve(request: Request, name: str, version: str | None = None, label: str | None = None) -> LoadedVersion:
         if ":" in name:  # TF Serving's model names have no ':'; e.g. GET on a :predict path
             raise BadRequest(f"Malformed request: {request.method} {request.url.path}")
-        if name != versions.name:
-            raise NotFound(f"Servable not found: unknown model {name!r}; this server serves {versions.name!r}")
-        if label is not None:
-            loaded = versions.label(label)
-            if loaded is None:
-                raise BadRequest(f"Unrecognized servable version label {label!r} of model {name!r}; "
-                                 f"labels: {sorted(versions.labels)}")
-            return loaded
-        if version is not None and not version.isdigit():
-            raise BadRequest(f"Failed to convert version: {version!r} to numeric")
-        loaded = versions.get(int(version) if version is not None else None)
-        if loaded is None:
-            raise NotFound(f"Servable not found: model {name!r} has no version {version}")
-        return loaded
+        return predictor.resolve(name, version, label)
 
     def status_of(loaded: LoadedVersion, everything: bool) -> dict:
         states = versions.status()
@@ -133,6 +117,10 @@ def create_app(versions: ModelVersions, limits: ServerLimits = ServerLimits()) -
     def label_metadata(request: Request, name: str, label: str):
         return metadata_of(resolve(request, name, None, label))
 
+    @app.get(METRICS_PATH)
+    def metrics():
+        return Response(predictor.metrics.exposition(), media_type=CONTENT_TYPE)
+
     @app.post("/v1/models/{name}:predict")
     async def predict(request: Request, name: str):
         return await _predict(request, name, None, None)
@@ -146,37 +134,35 @@ def create_app(versions: ModelVersions, limits: ServerLimits = ServerLimits()) -
         return await _predict(request, name, None, label)
 
     async def _predict(request: Request, name: str, version: str | None, label: str | None):
-        raw = await _read_body(request, limits.max_request_bytes)
-        prepare = functools.partial(_prepare, request, name, version, label, raw)
-        loaded, signature, arrays, layout = await anyio.to_thread.run_sync(prepare)  # refusals answer at once
-        run = functools.partial(_run, loaded, signature, arrays, layout)
-        return await anyio.to_thread.run_sync(run, limiter=predictions)
+        started, context = time.perf_counter(), {"signature": ""}
+        try:
+            raw = await _read_body(request, limits.max_request_bytes)
+            prepare = functools.partial(_prepare, request, name, version, label, raw, context)
+            loaded, signature, arrays, layout = await anyio.to_thread.run_sync(prepare)  # refusals answer at once
+        except ServingError as err:
+            predictor.record_refusal(name, context["signature"], "rest", err, started)
+            raise
+        outputs = await asyncio.wrap_future(predictor.submit(loaded, signature, arrays, api="rest"))
+        return await anyio.to_thread.run_sync(_encode, outputs, layout)
 
-    def _prepare(request, name, version, label, raw: bytes):
+    def _prepare(request, name, version, label, raw: bytes, context: dict):
         loaded = resolve(request, name, version, label)
         signature, data, layout = parse_request(parse_body(raw))
-        if signature not in loaded.model.signature_defs:
-            raise BadRequest(f"unknown signature {signature!r} (not found in the signature defs); "
-                             f"available: {sorted(loaded.model.signature_defs)}")
-        dtypes = loaded.model.input_dtypes(signature)
-        arrays = to_arrays(columns(data, layout, sorted(dtypes)), dtypes)
-        check_request(arrays, loaded.meta.get("max_new_tokens", 256), limits.max_batch_size,
-                      limits.compute_budget)
+        context["signature"] = signature
+        arrays = {}
+        if signature in loaded.model.signature_defs:
+            dtypes = loaded.model.input_dtypes(signature)
+            arrays = to_arrays(columns(data, layout, sorted(dtypes)), dtypes)
+        predictor.check(loaded, signature, arrays)
         return loaded, signature, arrays, layout
 
     return app
 
 
-def _run(loaded: LoadedVersion, signature: str, arrays: dict, layout: str) -> Response:
-    """Runs the graph and encodes the JSON answer, both here in a worker thread (a large
-    answer encoded on the event loop would hold status requests up)."""
-    try:
-        body = json.dumps(format_response(loaded.model.run(signature, arrays), layout), allow_nan=False)
-        return Response(body, media_type="application/json")
-    except tf.errors.OpError as err:
-        raise graph_error(err) from None
-    finally:
-        release_free_memory()
+def _encode(outputs: dict, layout: str) -> Response:
+    """The JSON answer, encoded in a worker thread (a large one encoded on the event loop
+    would hold status requests up)."""
+    return Response(json.dumps(format_response(outputs, layout), allow_nan=False), media_type="application/json")
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -218,11 +204,27 @@ def _error_handlers(app: FastAPI) -> None:
 
 
 def serve(model_base_path: str, host: str = "127.0.0.1", port: int = 8501, limits: ServerLimits = ServerLimits(),
-          poll_seconds: float = 2.0, config_dir: str | None = None) -> None:
-    """Loads the newest version, watches for new ones, and serves until interrupted."""
+          batching: BatchingParameters | None = None, grpc_port: int | None = 8500, poll_seconds: float = 2.0,
+          config_dir: str | None = None) -> None:
+    """Loads the newest version, watches for new ones, and serves REST on `port` and gRPC on
+    `grpc_port` (None or 0: no gRPC) until interrupted."""
     import uvicorn
 
-    versions = ModelVersions(model_base_path, poll_seconds=poll_seconds, config_dir=config_dir).start()
+    from serving.grpc_server import start_grpc_server
+
+    metrics = ServingMetrics()
+    name = os.path.basename(os.path.normpath(model_base_path))
+    versions = ModelVersions(model_base_path, poll_seconds=poll_seconds, config_dir=config_dir,
+                             on_load=lambda version, status, seconds: metrics.load(name, version, status, seconds))
+    predictor = Predictor(versions.start(), limits, batching, metrics)
+    grpc_server = start_grpc_server(predictor, host, grpc_port) if grpc_port else None
     print(f"serving {versions.name} version {versions.latest().version} from {model_base_path} "
-          f"at http://{host}:{port}/v1/models/{versions.name}", flush=True)
-    uvicorn.run(create_app(versions, limits), host=host, port=port, log_level="warning")
+          f"at http://{host}:{port}/v1/models/{versions.name}"
+          + (f" and grpc://{host}:{grpc_port}" if grpc_server else "")
+          + (f", batching up to {batching.max_batch_size} rows" if batching else ""), flush=True)
+    try:
+        uvicorn.run(create_app(predictor), host=host, port=port, log_level="warning")
+    finally:
+        if grpc_server is not None:
+            grpc_server.stop(grace=None)
+        predictor.close()

@@ -23,14 +23,17 @@ def write(path, text, mode="w"):
 
 
 def start_lmpipe_serve(model_base, name, *config_args, timeout=120):
-    """`lmpipe serve` on a free port for `model_base` (`config_args`: --set overrides):
-    (process, base URL, ServingClient of model `name`, its first status)."""
+    """`lmpipe serve` on free REST and gRPC ports for `model_base` (`config_args`: more
+    flags, --set overrides): (process, base URL, ServingClient of model `name`, its first
+    status); the process's `grpc_port` attribute is its gRPC port."""
     from serving.client import ServingClient
 
-    (port,) = free_ports()
+    port, grpc_port = free_ports(2)
     lmpipe = os.path.join(os.path.dirname(sys.executable), "lmpipe")
     server = subprocess.Popen([lmpipe, "serve", "--model-base-path", str(model_base), "--port", str(port),
-                               *config_args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               "--grpc-port", str(grpc_port), *config_args],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server.grpc_port = grpc_port
     url = f"http://127.0.0.1:{port}"
     client = ServingClient(url, name)
     deadline = time.time() + timeout
