@@ -76,6 +76,9 @@ def test_new_data_is_promoted_only_when_better(tmp_path):
     assert read_models_config(str(tmp_path / "export")) == {
         "name": "lm", "base_path": str(tmp_path / "export" / "lm"), "versions": [1, 2],
         "labels": {"stable": 1, "canary": 2}}
+    # TF Serving's batching and monitoring files beside models.config.
+    assert sorted(m["serving_files"]) == ["batching_parameters.txt", "monitoring_config.txt"]
+    assert (tmp_path / "export" / "batching_parameters.txt").read_text().startswith("max_batch_size { value: 64 }")
 
     better = _args(tmp_path, "--set", "train.epochs=4")
     assert main(["run", *better]) == 0
