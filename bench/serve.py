@@ -67,13 +67,16 @@ def predict_body(signature: str, prompts: list[str], **knobs) -> bytes:
     return json.dumps({"signature_name": signature, "instances": [{"prompt": p, **row} for p in prompts]}).encode()
 
 
-def start_server(export_base: str, budget: int) -> tuple[subprocess.Popen, str]:
+def start_server(export_base: str, budget: int, *flags: str) -> tuple[subprocess.Popen, str]:
+    """`lmpipe serve` (REST and gRPC; `flags`: more --set overrides): (process, model URL);
+    the process's `grpc_port` attribute is its gRPC port."""
     port, grpc_port = free_local_ports(2)
     lmpipe = os.path.join(os.path.dirname(sys.executable), "lmpipe")
     server = subprocess.Popen([lmpipe, "serve", "--model-base-path", export_base, "--port", str(port),
                                "--grpc-port", str(grpc_port),
-                               "--set", f"serve.compute_budget={budget}"],
+                               "--set", f"serve.compute_budget={budget}", *flags],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server.grpc_port = grpc_port
     url = f"http://127.0.0.1:{port}/v1/models/lm"
     deadline = time.time() + 300
     while True:
@@ -116,17 +119,24 @@ def cpu_model() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--budget", type=int, default=65_536, help="serve.compute_budget of the server")
+    parser.add_argument("--part", choices=["all", "memory", "load"], default="all")
     args = parser.parse_args()
     print(f"CPU: {cpu_model()}")
     with tempfile.TemporaryDirectory() as tmp:
         model_dir, _ = make_model_dir(tmp)
         export_model(model_dir, os.path.join(tmp, "export"), "lm", max_new_tokens=256)
-        server, url = start_server(os.path.join(tmp, "export", "lm"), args.budget)
-        try:
-            run(server, url, args.budget)
-        finally:
-            server.terminate()
-            server.wait(timeout=60)
+        base = os.path.join(tmp, "export", "lm")
+        if args.part in ("all", "memory"):
+            server, url = start_server(base, args.budget)
+            try:
+                run(server, url, args.budget)
+            finally:
+                server.terminate()
+                server.wait(timeout=60)
+        if args.part in ("all", "load"):
+            from serve_load import run_load  # bench/serve_load.py
+
+            run_load(lambda *flags: start_server(base, args.budget, *flags))
 
 
 def run(server, url: str, budget: int) -> None:

@@ -128,8 +128,10 @@ def _abort(context, err: ServingError) -> None:
     context.abort(getattr(grpc.StatusCode, err.code, grpc.StatusCode.INTERNAL), str(err))
 
 
-def start_grpc_server(predictor: Predictor, host: str, port: int, threads: int = 16) -> grpc.Server:
-    """Starts the gRPC services on host:port (port 0: a free one, see `server.port`)."""
+def start_grpc_server(predictor: Predictor, host: str, port: int, threads: int = 256) -> grpc.Server:
+    """Starts the gRPC services on host:port (port 0: a free one, see `server.port`). A
+    request holds a thread while it waits for its batch, so `threads` bounds how many
+    requests can be in flight (and so how large batches can grow)."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc"),
                          options=[("grpc.max_receive_message_length", predictor.limits.max_request_bytes)])
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(predictor), server)
