@@ -254,6 +254,8 @@ def cmd_generate(args, extra: list[str]) -> int:
     problem = knob_problem({k: [v] for k, v in knobs.items()}, max_new_tokens=2**31 - 1)
     if problem:
         raise UsageError(f"--{problem.split(' ')[0].replace('_', '-')}: {problem.replace(' for prompt 0', '')}")
+    if args.stream:
+        return _stream(args, knobs)
     try:
         if args.export_dir:
             predictions = _predict_in_process(args, knobs)
@@ -275,6 +277,76 @@ def cmd_generate(args, extra: list[str]) -> int:
         for text, score in zip(texts, scores):
             print(f"{prompt} -> {text}    (log p = {score:.2f})")
     return 0
+
+
+def _stream(args, knobs: dict) -> int:
+    """Prints each new piece as it arrives, then each prompt's whole text."""
+    from serving.client import ServerUnreachable, ServingError, connect
+    from serving.rest_api import ServingError as RefusedLocally
+
+    if args.method == "beam_search":
+        raise UsageError("--stream decodes with greedy, sample, top_k or top_p, not beam_search")
+    try:
+        if args.export_dir:
+            events = _stream_in_process(args, knobs)
+        else:
+            client = connect(args.url, args.model)
+            events = _stream_from_server(client, args, knobs)
+        for event in events:
+            if event.get("done"):
+                print(f"\n{args.prompts[event['index']]} -> {event['text']}    (log p = {event['log_prob']:.2f}, "
+                      f"{event['tokens']} tokens, {event['stop_reason']})", flush=True)
+            else:
+                prefix = f"[{event['index']}]" if len(args.prompts) > 1 else ""
+                print(prefix + event["piece"], end="" if len(args.prompts) == 1 else "\n", flush=True)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    except ServerUnreachable as err:
+        raise ServiceUnreachable(str(err)) from None
+    except (ServingError, RefusedLocally) as err:
+        status, message = getattr(err, "status", 400), getattr(err, "message", str(err))
+        raise (UsageError if status < 500 else LmpipeError)(f"the model refused the request (HTTP {status}): {message}") from None
+    return 0
+
+
+def _stream_from_server(client, args, knobs: dict):
+    """lmpipe serve's Server-Sent Events; the stream signatures on any other server (TF
+    Serving has no :generate_stream: it answers 400 Malformed request or 404)."""
+    from serving.client import GrpcServingClient, ServingError
+
+    if isinstance(client, GrpcServingClient):
+        yield from client.stream(args.prompts, args.method, **knobs)
+        return
+    try:
+        yield from client.stream_sse(args.prompts, args.method, **knobs)
+    except ServingError as err:
+        if err.status == 404 or "Malformed request" in err.message:
+            yield from client.stream(args.prompts, args.method, **knobs)
+        else:
+            raise
+
+
+def _stream_in_process(args, knobs: dict):
+    import tensorflow as tf
+
+    from serving.local_predict import prompt_input
+    from serving.rest_api import graph_error
+    from serving.saved_model_session import SessionModel
+    from serving.stream import stream_events, stream_start_inputs
+
+    if not os.path.exists(os.path.join(args.export_dir, "saved_model.pb")):
+        raise InputDataError(f"no SavedModel in {args.export_dir} (saved_model.pb missing); give an export "
+                             "version folder such as work/export/lm/1")
+    model = SessionModel(args.export_dir)
+    name = prompt_input(args.export_dir, args.method)
+
+    def call(signature, inputs):
+        try:
+            return model.run(signature, inputs)
+        except tf.errors.OpError as err:
+            raise graph_error(err) from None
+
+    yield from stream_events(call, stream_start_inputs(args.prompts, args.method, name, **knobs), name)
 
 
 def _predict_in_process(args, knobs: dict) -> list:
@@ -375,6 +447,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     where.add_argument("--export-dir", help="a SavedModel version folder, run in this process")
     gen.add_argument("--model", default="lm", help="model name on the server")
     gen.add_argument("--method", default="top_p", choices=["greedy", "beam_search", "sample", "top_k", "top_p"])
+    gen.add_argument("--stream", action="store_true",
+                     help="print tokens as they arrive (lmpipe serve: Server-Sent Events; any TF Serving or "
+                          "--export-dir: the stream_start / stream_next signatures)")
     for name, kind in [("max_new_tokens", int), ("min_new_tokens", int), ("temperature", float),
                        ("k", int), ("p", float), ("seed", int), ("beam_width", int),
                        ("repetition_penalty", float), ("no_repeat_ngram_size", int), ("length_penalty", float)]:

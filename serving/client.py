@@ -79,6 +79,46 @@ class ServingClient:
                                    for name, d in defs.items()}
         return self._prompt_inputs.get(method, "prompt")
 
+    def stream(self, prompts: list[str], method: str = "top_p", **knobs):
+        """Streams tokens through the export's `stream_start` / `stream_next` signatures with
+        ordinary Predict calls (any TF Serving): the events of `serving.stream`."""
+        from serving.stream import stream_events, stream_start_inputs
+
+        name = self.prompt_input(method)
+        start = stream_start_inputs(prompts, method, name, **knobs)
+
+        def call(signature: str, inputs: dict) -> dict:
+            columns = {k: v.tolist() if hasattr(v, "tolist") else v for k, v in inputs.items()}
+            return self.predict(signature, inputs=columns)["outputs"]
+
+        return stream_events(call, start, name)
+
+    def stream_sse(self, prompts: list[str], method: str = "top_p", **knobs):
+        """The same events from `lmpipe serve`'s `:generate_stream` (Server-Sent Events, one
+        HTTP response); ServingError where the server has no such endpoint (TF Serving)."""
+        body = {"signature_name": method,
+                "instances": request_instances(prompts, method, self.prompt_input(method), **knobs)}
+        req = urllib.request.Request(self.base + ":generate_stream", data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+        try:
+            response = urllib.request.urlopen(req, timeout=self.timeout)
+        except urllib.error.HTTPError as err:
+            raise _serving_error(err) from None
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
+            raise ServerUnreachable(f"cannot reach the model server at {self.url}: {getattr(err, 'reason', err)}") from None
+        with response:
+            event = "message"
+            for raw in response:
+                line = raw.decode("utf-8").rstrip("\n")
+                if line.startswith("event: "):
+                    event = line[len("event: "):]
+                elif line.startswith("data: "):
+                    data = json.loads(line[len("data: "):])
+                    if event == "error":
+                        raise ServingError(400, data["error"])
+                    yield data
+                    event = "message"
+
     def score(self, texts: list[str]) -> list[dict]:
         return self.predict("score", [{"text": t} for t in texts])["predictions"]
 
@@ -89,15 +129,19 @@ class ServingClient:
             with urllib.request.urlopen(req, timeout=self.timeout) as response:
                 return json.loads(response.read())
         except urllib.error.HTTPError as err:
-            text = err.read().decode("utf-8", errors="replace")
-            try:
-                message = json.loads(text).get("error", text)
-            except json.JSONDecodeError:
-                message = text
-            raise ServingError(err.code, message) from None
+            raise _serving_error(err) from None
         except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
             reason = getattr(err, "reason", err)
             raise ServerUnreachable(f"cannot reach the model server at {self.url}: {reason}") from None
+
+
+def _serving_error(err: urllib.error.HTTPError) -> ServingError:
+    text = err.read().decode("utf-8", errors="replace")
+    try:
+        message = json.loads(text).get("error", text)
+    except (json.JSONDecodeError, AttributeError):
+        message = text
+    return ServingError(err.code, message)
 
 
 class GrpcServingClient(ServingClient):

@@ -32,16 +32,16 @@ from serving.rest_api import BadRequest, ServingError, to_arrays
 _AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
 
 
-def request_arrays(inputs, dtypes: dict[str, tf.DType]) -> dict[str, np.ndarray]:
-    """PredictRequest.inputs (name -> TensorProto) -> typed [B] arrays, with REST's checks
-    and messages; strings must be UTF-8."""
+def request_arrays(inputs, dtypes: dict[str, tf.DType], ranks: dict[str, int]) -> dict[str, np.ndarray]:
+    """PredictRequest.inputs (name -> TensorProto) -> typed arrays, with REST's checks and
+    messages; strings must be UTF-8."""
     cols = {}
     for name, proto in inputs.items():
         if name in dtypes and tf.as_dtype(proto.dtype) != dtypes[name]:
             raise BadRequest(f"input {name!r} must be {dtypes[name].name}, got {tf.as_dtype(proto.dtype).name}")
         value = tf.make_ndarray(proto)
-        if value.ndim != 1:
-            raise BadRequest(f"input {name!r} must have shape [B] (one value per prompt), got {list(value.shape)}")
+        if value.ndim != ranks.get(name, 1):
+            raise BadRequest(f"input {name!r} must have rank {ranks.get(name, 1)}, got shape {list(value.shape)}")
         cols[name] = [_text(name, v) if isinstance(v, bytes) else v for v in value.tolist()]
     return to_arrays(cols, dtypes)
 
@@ -64,7 +64,8 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             loaded = _resolve(self.predictor, spec)
             arrays = {}
             if signature in loaded.model.signature_defs:
-                arrays = request_arrays(request.inputs, loaded.model.input_dtypes(signature))
+                arrays = request_arrays(request.inputs, loaded.model.input_dtypes(signature),
+                                        loaded.model.input_ranks(signature))
             self.predictor.check(loaded, signature, arrays)
         except ServingError as err:
             self.predictor.record_refusal(spec.name, signature, "grpc", err, started)

@@ -23,7 +23,7 @@ def predict_local(export_dir: str, signature: str, instances: list[dict]) -> lis
         if signature not in model.signature_defs:
             raise BadRequest(f"unknown signature {signature!r}; available: {sorted(model.signature_defs)}")
         dtypes = model.input_dtypes(signature)
-        arrays = to_arrays(columns(instances, "row", sorted(dtypes)), dtypes)
+        arrays = to_arrays(columns(instances, "row", sorted(dtypes)), dtypes, model.input_ranks(signature))
         try:
             outputs = model.run(signature, arrays)
         except tf.errors.OpError as err:

@@ -107,9 +107,11 @@ def columns(raw: Any, layout: str, input_names: list[str]) -> dict[str, list]:
     raise BadRequest(f"'inputs' must be an object with the inputs {input_names}")
 
 
-def to_arrays(cols: dict[str, list], dtypes: dict[str, tf.DType]) -> dict[str, np.ndarray]:
-    """Typed [B] numpy arrays, one per signature input (dtypes as its SignatureDef has
-    them); names, counts, types, Unicode text and integer ranges are checked."""
+def to_arrays(cols: dict[str, list], dtypes: dict[str, tf.DType],
+              ranks: dict[str, int] | None = None) -> dict[str, np.ndarray]:
+    """Typed numpy arrays, one per signature input (dtypes and ranks as its SignatureDef
+    has them: [B], or [B, S] for a stream state); names, counts, types, shapes, Unicode
+    text and integer ranges are checked."""
     missing = sorted(set(dtypes) - set(cols))
     extra = sorted(set(cols) - set(dtypes))
     if missing:
@@ -119,7 +121,12 @@ def to_arrays(cols: dict[str, list], dtypes: dict[str, tf.DType]) -> dict[str, n
     sizes = {len(v) for v in cols.values()}
     if len(sizes) != 1:
         raise BadRequest("every input needs one value per prompt (the batch sizes differ)")
-    return {name: _typed(name, cols[name], dtype) for name, dtype in dtypes.items()}
+    arrays = {name: _typed(name, cols[name], dtype) for name, dtype in dtypes.items()}
+    for name, rank in (ranks or {}).items():
+        if arrays[name].ndim != rank:
+            raise BadRequest(f"input {name!r} must have rank {rank} ({'[B]' if rank == 1 else '[B, S]'}), "
+                             f"got shape {list(arrays[name].shape)}")
+    return arrays
 
 
 def _typed(name: str, values: list, dtype: tf.DType) -> np.ndarray:
@@ -140,10 +147,20 @@ def _typed(name: str, values: list, dtype: tf.DType) -> np.ndarray:
         if any(v < info.min or v > info.max for v in values):
             raise BadRequest(f"input {name!r} is out of range for {dtype.name} ([{info.min}, {info.max}])")
         return np.array(values, dtype=dtype.as_numpy_dtype)
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+    if not all(_numbers(v) for v in values):
         raise BadRequest(f"input {name!r} must be numbers, got {_short(values)}")
-    with np.errstate(over="ignore"):  # 1e39 as float32 is inf: refused with the knob's range
-        return np.array(values, dtype=dtype.as_numpy_dtype)
+    try:
+        with np.errstate(over="ignore"):  # 1e39 as float32 is inf: refused with the knob's range
+            return np.array(values, dtype=dtype.as_numpy_dtype)
+    except ValueError:
+        raise BadRequest(f"input {name!r} must be a rectangular array of numbers") from None
+
+
+def _numbers(value) -> bool:
+    """A number, or a list of numbers (a row of a stream state)."""
+    if isinstance(value, list):
+        return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _short(values: list) -> str:

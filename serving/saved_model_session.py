@@ -55,6 +55,10 @@ class SessionModel:
         """Input name -> dtype of one signature, as its SignatureDef declares them."""
         return {name: tf.as_dtype(info.dtype) for name, info in self._signature(signature).inputs.items()}
 
+    def input_ranks(self, signature: str) -> dict[str, int]:
+        """Input name -> rank (1 for [B], 2 for a stream state [B, S]) of one signature."""
+        return {name: len(info.tensor_shape.dim) for name, info in self._signature(signature).inputs.items()}
+
     def run(self, signature: str, inputs: dict) -> dict[str, np.ndarray]:
         """Feeds `inputs` (name -> array-like) by the SignatureDef's tensor names and fetches
         every output: name -> numpy array (strings as bytes). Raises KeyError for an

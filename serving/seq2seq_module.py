@@ -9,11 +9,17 @@ Signatures (every input [B], every output dense):
            attention [B, T_out, T_in] float32 (rows past each output's length and
            columns past each source's length are 0)
     score   source, target -> log_prob [B], tokens [B], perplexity [B] of the target
+    stream_start, stream_next
+        `GenerationModule`'s, with `source` in place of `prompt`
 
 The source is tokenized with the source tokenizer exactly as its records were (an
 <eos> appended when `tokenizer.add_eos`); outputs are detokenized with the target one.
 The decoders reach the model through `prime` (encode, then <bos>) and `step`; the
-encoder outputs ride in the decoder state.
+encoder outputs ride in the decoder state. A stream state carries the decoder's LSTM
+states and attentional vector, and the source ids instead of the encoder outputs
+([S_in, D + K + 1] a row): `stream_next` encodes the source again (padded to the widest
+source of the batch, as `stream_start` and the one-shot signatures read it), so the
+state is 2 N H + H + max_new_tokens + max_prompt_tokens + 5 floats wide.
 
 Example:
     >>> module = Seq2SeqGenerationModule(model, pair_tokenizers(model_dir), max_new_tokens=100)
@@ -59,6 +65,34 @@ class Seq2SeqGenerationModule(GenerationModule):
             lengths, message="every source needs at least one token (empty source string)")]
         with tf.control_dependencies(checks):
             return tf.cast(ids.to_tensor(PAD_ID), tf.int32), tf.identity(lengths)
+
+    def _carried_widths(self) -> list[int]:
+        return [self.model.hidden_dim] * self._carried_count()
+
+    def _carried_count(self) -> int:
+        """h_1, c_1, ..., h_N, c_N, feed: the decoder states before the encoder's outputs."""
+        return 2 * self.model.num_layers + 1
+
+    def _carried(self, states) -> list[tf.Tensor]:
+        return list(states[:self._carried_count()])
+
+    def _context_width(self) -> int:
+        return self.max_prompt_tokens + 1  # the source ids, then its length
+
+    def _stream_context(self, ids, lengths) -> tf.Tensor:
+        ids = tf.pad(ids, [[0, 0], [0, self.max_prompt_tokens - tf.shape(ids)[1]]])
+        return tf.cast(tf.concat([ids, lengths[:, None]], axis=1), tf.float32)
+
+    def _context_bounds(self) -> list[tuple]:
+        ids = (0, self.source_tokenizer.vocab_size - 1, True)
+        return [ids] * self.max_prompt_tokens + [(1, self.max_prompt_tokens, True)]
+
+    def _model_states(self, carried, context) -> list[tf.Tensor]:
+        """The carried decoder states + the encoder outputs of the source in `context`."""
+        lengths = tf.cast(context[:, -1], tf.int32)
+        ids = tf.cast(context[:, :tf.reduce_max(lengths)], tf.int32)
+        encoded = self.model.encode(ids, lengths)
+        return list(carried) + encoded[self._carried_count():]
 
     def _outputs(self, name, ids, lengths, out) -> dict[str, tf.Tensor]:
         outputs = super()._outputs(name, ids, lengths, out)

@@ -3,6 +3,8 @@
     GET  /v1/models/<name>[/versions/<v>|/labels/<l>]            version status
     GET  /v1/models/<name>[/versions/<v>|/labels/<l>]/metadata   signature defs, as TF Serving gives them
     POST /v1/models/<name>[/versions/<v>|/labels/<l>]:predict    {"signature_name", "instances" | "inputs"}
+    POST /v1/models/<name>[/versions/<v>]:generate_stream        the same body (greedy, sample, top_k,
+                                                                 top_p) -> Server-Sent Events, a token each
 
 Versions are loaded and run as TF Serving runs them (`SessionModel`: a Session over the
 MetaGraph, requests by SignatureDef tensor names), so what this server answers is what
@@ -39,15 +41,18 @@ import os
 import time
 
 import anyio
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.batching import BatchingParameters
 from serving.metrics import CONTENT_TYPE, METRICS_PATH, ServingMetrics
 from serving.model_versions import LoadedVersion, ModelVersions
 from serving.predictor import Predictor, ServerLimits
+from serving.generation_module import STREAM_KNOBS
+from serving.stream import METHOD_IDS, stream_events, stream_start_inputs
 from serving.rest_api import (
     STATUS, BadRequest, ServingError, columns, format_response, parse_body, parse_request, to_arrays,
 )
@@ -63,6 +68,9 @@ class PayloadTooLarge(ServingError):
 
 
 DRAIN_FACTOR = 8
+
+
+STREAM_INPUTS = {"method", *STREAM_KNOBS}
 
 
 def _error(message: str, status: int = 400) -> JSONResponse:
@@ -133,6 +141,29 @@ def create_app(predictor: Predictor) -> FastAPI:
     async def label_predict(request: Request, name: str, label: str):
         return await _predict(request, name, None, label)
 
+    @app.post("/v1/models/{name}:generate_stream")
+    async def generate_stream(request: Request, name: str):
+        return await _stream(request, name, None)
+
+    @app.post("/v1/models/{name}/versions/{version}:generate_stream")
+    async def version_generate_stream(request: Request, name: str, version: str):
+        return await _stream(request, name, version)
+
+    async def _stream(request: Request, name: str, version: str | None):
+        """Server-Sent Events over the export's stream signatures: the body is a :predict
+        body for greedy, sample, top_k or top_p; one event per token, then one per row with
+        the whole text, its log-probability and why it stopped (`serving/stream.py`)."""
+        started, context = time.perf_counter(), {"signature": ""}
+        try:
+            raw = await _read_body(request, limits.max_request_bytes)
+            prepare = functools.partial(_prepare, request, name, version, None, raw, context)
+            loaded, method, arrays, _ = await anyio.to_thread.run_sync(prepare)
+            start = await anyio.to_thread.run_sync(_stream_start, loaded, method, arrays)
+        except ServingError as err:
+            predictor.record_refusal(name, context["signature"], "rest", err, started)
+            raise
+        return StreamingResponse(_sse(predictor, loaded, start), media_type="text/event-stream")
+
     async def _predict(request: Request, name: str, version: str | None, label: str | None):
         started, context = time.perf_counter(), {"signature": ""}
         try:
@@ -152,11 +183,39 @@ def create_app(predictor: Predictor) -> FastAPI:
         arrays = {}
         if signature in loaded.model.signature_defs:
             dtypes = loaded.model.input_dtypes(signature)
-            arrays = to_arrays(columns(data, layout, sorted(dtypes)), dtypes)
+            arrays = to_arrays(columns(data, layout, sorted(dtypes)), dtypes, loaded.model.input_ranks(signature))
         predictor.check(loaded, signature, arrays)
         return loaded, signature, arrays, layout
 
     return app
+
+
+def _stream_start(loaded: LoadedVersion, method: str, arrays: dict) -> dict:
+    """stream_start's inputs for a checked :predict request of `method`."""
+    if method not in METHOD_IDS:
+        raise BadRequest(f"streaming decodes with one of {sorted(METHOD_IDS)}, not {method!r}")
+    if "stream_start" not in loaded.model.signature_defs:
+        raise BadRequest(f"version {loaded.version} has no stream signatures (exported before streaming): "
+                         "export it again with this lmpipe")
+    strings = next(name for name, value in arrays.items() if value.dtype == object)
+    knobs = {k: v.tolist() for k, v in arrays.items() if k != strings}
+    return stream_start_inputs([str(p) for p in arrays[strings].tolist()], method, strings, **knobs)
+
+
+def _sse(predictor: Predictor, loaded: LoadedVersion, start: dict):
+    """The event stream (a generator Starlette runs in a worker thread)."""
+    strings = next(k for k in start if k not in STREAM_INPUTS)
+
+    def call(signature: str, inputs: dict) -> dict:
+        dtypes = loaded.model.input_dtypes(signature)
+        arrays = {k: np.asarray(v, dtype=dtypes[k].as_numpy_dtype) for k, v in inputs.items()}
+        return predictor.submit(loaded, signature, arrays, api="rest").result()
+
+    try:
+        for event in stream_events(call, start, strings):
+            yield f"data: {json.dumps(event)}\n\n"
+    except ServingError as err:
+        yield f"event: error\ndata: {json.dumps({'error': str(err)})}\n\n"
 
 
 def _encode(outputs: dict, layout: str) -> Response:

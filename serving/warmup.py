@@ -2,6 +2,9 @@
 signature, that TF Serving replays when it loads a version (so the first real request
 does not pay for graph warm-up). Built with tensorflow-serving-api's own protos.
 
+`stream_next` needs a state only this export can make: its record continues the streams
+of the `stream_start` record (that function is run once to get the state and tokens).
+
 Example:
     >>> write_warmup_requests(path, "lm", module.signatures())
 """
@@ -17,18 +20,40 @@ from serving.knobs import KNOB_SPECS
 
 WARMUP_FILE = "tf_serving_warmup_requests"
 WARMUP_PROMPTS = ["the", "a"]
+WARMUP_METHODS = [0, 3]  # the stream signatures' `method` per row: greedy, top_p
 
 
-def warmup_inputs(signature) -> dict[str, list]:
-    """Inputs for one call of `signature` (a concrete function): two rows, default knobs."""
+def warmup_inputs(signature, signatures: dict | None = None) -> dict[str, list]:
+    """Inputs for one call of `signature` (a concrete function): two rows, default knobs;
+    `stream_next` (which takes a `state`) continues `signatures["stream_start"]`.
+
+    Example:
+        >>> warmup_inputs(signatures["greedy"])["max_new_tokens"]
+        [4, 4]
+    """
+    specs = signature.structured_input_signature[1]
+    if "state" in specs:
+        return _stream_next_inputs(signatures["stream_start"])
     inputs = {}
-    for name, spec in signature.structured_input_signature[1].items():
+    for name, spec in specs.items():
         if spec.dtype == tf.string:
             inputs[name] = list(WARMUP_PROMPTS)
+        elif name == "method":
+            inputs[name] = list(WARMUP_METHODS)
         else:
             default = KNOB_SPECS[name][1]
             inputs[name] = [min(default, 4) if name == "max_new_tokens" else default] * len(WARMUP_PROMPTS)
     return inputs
+
+
+def _stream_next_inputs(start) -> dict[str, list]:
+    """The second call of the streams that `start` (stream_start) begins on the warmup inputs."""
+    inputs = warmup_inputs(start)
+    specs = start.structured_input_signature[1]
+    out = start(**{k: tf.constant(v, specs[k].dtype) for k, v in inputs.items()})
+    knobs = {k: v for k, v in inputs.items() if specs[k].dtype != tf.string}
+    return {"state": out["state"].numpy().tolist(), "token": out["token"].numpy().tolist(),
+            "step": [1] * len(WARMUP_PROMPTS), **knobs}
 
 
 def write_warmup_requests(path: str, model_name: str, signatures: dict) -> None:
@@ -38,7 +63,7 @@ def write_warmup_requests(path: str, model_name: str, signatures: dict) -> None:
             request = predict_pb2.PredictRequest(
                 model_spec=model_pb2.ModelSpec(name=model_name, signature_name=name))
             specs = fn.structured_input_signature[1]
-            for key, values in warmup_inputs(fn).items():
+            for key, values in warmup_inputs(fn, signatures).items():
                 request.inputs[key].CopyFrom(tf.make_tensor_proto(values, dtype=specs[key].dtype))
             log = prediction_log_pb2.PredictionLog(
                 predict_log=prediction_log_pb2.PredictLog(request=request))

@@ -17,7 +17,8 @@ from serving.warmup import read_warmup_requests
 
 from conftest import session_path_signatures, start_lmpipe_serve, write
 
-SIGNATURES = {"greedy", "beam_search", "sample", "top_k", "top_p", "score", "serving_default"}
+SIGNATURES = {"greedy", "beam_search", "sample", "top_k", "top_p", "score", "serving_default",
+              "stream_start", "stream_next"}
 
 
 @pytest.fixture(scope="module")
@@ -369,3 +370,41 @@ def test_unk_is_banned_unless_the_export_lets_it_through(trained):
     model, tokenizer = load_trained_model(str(model_dir)), Tokenizer.from_dir(str(model_dir))
     assert GenerationModule(model, tokenizer, 8).banned == (0, 2, 1)  # <pad>, <bos>, <unk>
     assert GenerationModule(model, tokenizer, 8, allow_unk=True).banned == (0, 2)
+
+
+def test_streams_on_the_session_path_reproduce_every_sampling_signature(trained):
+    """TF Serving has no streaming RPC: the client holds the decoder state and calls
+    stream_start, then stream_next per token; the pieces join to the one-shot text."""
+    from test_streaming import stream, stream_matches_one_shot
+
+    root, _ = trained
+    model = _session_model(root)
+    prompts = ["the cat", "the cat number 3 sat on the", "on"]
+    knobs = {"max_new_tokens": [12, 8, 12], "min_new_tokens": [0, 3, 0], "repetition_penalty": [1.0, 1.0, 1.3],
+             "no_repeat_ngram_size": [0, 2, 0], "temperature": [1.0, 0.7, 1.4], "k": [3, 40, 5],
+             "p": [0.9, 0.6, 0.95]}
+    greedy = stream_matches_one_shot(model, "prompt", prompts, "greedy", **knobs, seed=[0, 0, 0])
+    assert all(greedy)
+    for method in ("sample", "top_k", "top_p"):
+        for seed in (0, 4, 21):
+            stream_matches_one_shot(model, "prompt", prompts, method, **knobs, seed=[seed, seed + 1, seed + 2])
+    texts, _, _, width, calls = stream(model, "prompt", prompts, 0, **knobs, seed=[0, 0, 0])
+    assert width == 4 + 2 * 24 + (60 + 1 + 40) and calls <= 12  # counters, (h, c), history
+
+
+def test_stream_refuses_a_state_of_another_width_naming_the_expected_one(trained):
+    from serving.rest_api import graph_error
+
+    root, _ = trained
+    model = _session_model(root)
+    row = {"max_new_tokens": [4], "min_new_tokens": [0], "repetition_penalty": [1.0], "no_repeat_ngram_size": [0],
+           "temperature": [1.0], "seed": [0], "k": [40], "p": [0.9], "method": [0]}
+    start = model.run("stream_start", {"prompt": ["the cat"], **row})
+    for state, step, message in [
+        (start["state"][:, :10], 1, "state must have 153 columns (the stream state of this export, as stream_start "
+                                    "and stream_next return it), got 10"),
+        (start["state"], 40, "step must be in [0, 39], got 40 for prompt 0"),
+    ]:
+        with pytest.raises(tf.errors.InvalidArgumentError) as err:
+            model.run("stream_next", {"state": state, "token": start["token"], "step": [step], **row})
+        assert graph_error(err.value).args[0] == message

@@ -211,3 +211,46 @@ def test_tf_serving_command_and_files(tmp_path, capsys):
     assert open(files["monitoring_config.txt"]).read() == (
         'prometheus_config {\n  enable: true\n  path: "/monitoring/prometheus/metrics"\n}\n')
     assert open(files["batching_parameters.txt"]).read().startswith("max_batch_size { value: 64 }\n")
+
+
+@pytest.mark.slow
+def test_streams_join_to_the_one_shot_text_over_sse_rest_and_grpc(servers, trained):  # noqa: F811
+    """lmpipe serve's :generate_stream (SSE), the stream signatures through plain REST
+    Predict calls (what any TF Serving offers) and through gRPC: one event per token, then
+    the whole text; the pieces join to the one-shot signature's text."""
+    (server, url, client, _), (_, _, batched, _) = servers
+    grpc_client = connect(f"grpc://127.0.0.1:{server.grpc_port}", "tiny")
+    for method, (prompts, knobs) in REQUESTS.items():
+        if method == "beam_search":
+            continue
+        expected = client.generate(prompts, method, **knobs)
+        for name, events in [("sse", client.stream_sse(prompts, method, **knobs)),
+                             ("sse batched", batched.stream_sse(prompts, method, **knobs)),
+                             ("rest signatures", client.stream(prompts, method, **knobs)),
+                             ("grpc signatures", grpc_client.stream(prompts, method, **knobs))]:
+            events = list(events)
+            finals = {e["index"]: e for e in events if e.get("done")}
+            assert sorted(finals) == list(range(len(prompts))), (method, name)
+            for row, want in enumerate(expected):
+                pieces = [e["piece"] for e in events if e["index"] == row and not e.get("done")]
+                assert "".join(pieces) == finals[row]["text"] == want["text"], (method, name, row)
+                assert finals[row]["tokens"] == len(pieces) == want["lengths"], (method, name)
+                assert finals[row]["log_prob"] == pytest.approx(want["log_prob"], rel=1e-5)
+                assert finals[row]["stop_reason"] == ("eos" if want["token_ids"][want["lengths"] - 1] == 3
+                                                      else "max_new_tokens")
+    with pytest.raises(ServingError, match="streaming decodes with one of"):
+        list(client.stream_sse(["the"], "beam_search"))
+
+
+@pytest.mark.slow
+def test_generate_stream_on_the_command_line(servers, trained, capsys):  # noqa: F811
+    (server, url, client, _), _ = servers
+    root, _ = trained
+    expected = client.generate(["the cat"], "top_p", max_new_tokens=6, seed=4)[0]["text"]
+    for where in (["--url", url], ["--url", f"grpc://127.0.0.1:{server.grpc_port}"],
+                  ["--export-dir", str(root / "export" / "tiny" / "1")]):
+        capsys.readouterr()
+        assert main(["generate", *where, "--model", "tiny", "--stream", "--method", "top_p", "--seed", "4",
+                     "--max-new-tokens", "6", "the cat"]) == 0
+        out = capsys.readouterr().out.splitlines()
+        assert out[0] == expected and out[1].startswith(f"the cat -> {expected}    (log p = "), (where, out)
