@@ -120,6 +120,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--budget", type=int, default=65_536, help="serve.compute_budget of the server")
     parser.add_argument("--part", choices=["all", "memory", "load"], default="all")
+    parser.add_argument("--batch-timeout-micros", type=int, default=10_000, help="load: serve.batching's timeout")
+    parser.add_argument("--batch-threads", type=int, default=1, help="load: serve.batching.num_batch_threads")
+    parser.add_argument("--max-batch-size", type=int, default=16, help="load: serve.batching.max_batch_size")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64], help="load: client counts")
+    parser.add_argument("--apis", nargs="+", default=["rest", "grpc"], choices=["rest", "grpc"])
     args = parser.parse_args()
     print(f"CPU: {cpu_model()}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -136,7 +141,8 @@ def main() -> None:
         if args.part in ("all", "load"):
             from serve_load import run_load  # bench/serve_load.py
 
-            run_load(lambda *flags: start_server(base, args.budget, *flags))
+            run_load(lambda *flags: start_server(base, args.budget, *flags), args.batch_timeout_micros,
+                     args.batch_threads, args.clients, args.apis, args.max_batch_size)
 
 
 def run(server, url: str, budget: int) -> None:

@@ -10,8 +10,11 @@ Example:
 
 from __future__ import annotations
 
+import http.client
 import json
+import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 
 from serving.generation_module import SIGNATURE_KNOBS
@@ -51,6 +54,7 @@ class ServingClient:
             raise ValueError(f"the server URL must start with http://, https:// or grpc://, got {url!r} "
                              "(e.g. http://127.0.0.1:8501 or grpc://127.0.0.1:8500)")
         self.url = url
+        self._local = threading.local()  # one kept-alive connection per thread
         self.base = f"{url.rstrip('/')}/v1/models/{model}" + (f"/versions/{version}" if version else "")
         self.timeout = timeout
         self._prompt_inputs: dict[str, str] = {}  # signature -> its strings input, from metadata
@@ -123,25 +127,47 @@ class ServingClient:
         return self.predict("score", [{"text": t} for t in texts])["predictions"]
 
     def _call(self, method: str, url: str, body: dict | None = None) -> dict:
+        """One request on this thread's kept-alive connection (a fresh one if the server
+        closed it meanwhile)."""
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as response:
-                return json.loads(response.read())
-        except urllib.error.HTTPError as err:
-            raise _serving_error(err) from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
-            reason = getattr(err, "reason", err)
-            raise ServerUnreachable(f"cannot reach the model server at {self.url}: {reason}") from None
+        path = urllib.parse.urlsplit(url).path
+        for attempt in (1, 2):
+            connection, reused = self._connection()
+            try:
+                connection.request(method, path, body=data, headers={"Content-Type": "application/json"})
+                response = connection.getresponse()
+                payload = response.read()
+                break
+            except (OSError, http.client.HTTPException) as err:
+                connection.close()
+                self._local.connection = None
+                if not (reused and attempt == 1):
+                    raise ServerUnreachable(f"cannot reach the model server at {self.url}: {err}") from None
+        if response.status >= 400:
+            raise ServingError(response.status, _error_message(payload.decode("utf-8", errors="replace")))
+        return json.loads(payload)
+
+    def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
+        """(this thread's connection, whether it served a request before)."""
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            return connection, True
+        parts = urllib.parse.urlsplit(self.url)
+        kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        self._local.connection = kind(parts.hostname, parts.port, timeout=self.timeout)
+        return self._local.connection, False
 
 
 def _serving_error(err: urllib.error.HTTPError) -> ServingError:
-    text = err.read().decode("utf-8", errors="replace")
+    return ServingError(err.code, _error_message(err.read().decode("utf-8", errors="replace")))
+
+
+def _error_message(text: str) -> str:
+    """The server's {"error": ...} message, or the body itself."""
     try:
-        message = json.loads(text).get("error", text)
+        return json.loads(text).get("error", text)
     except (json.JSONDecodeError, AttributeError):
-        message = text
-    return ServingError(err.code, message)
+        return text
 
 
 class GrpcServingClient(ServingClient):
