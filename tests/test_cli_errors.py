@@ -31,7 +31,7 @@ def test_generate_without_a_saved_model_is_missing_input(capsys, tmp_path):
 
 def test_generate_with_a_url_without_scheme_is_a_usage_error(capsys):
     line = _one_line_error(capsys, ["generate", "--url", "localhost:8501", "the"], 2)
-    assert "must start with http:// or https://" in line
+    assert "must start with http://, https:// or grpc://" in line
 
 
 def test_generate_against_an_unreachable_server(capsys):

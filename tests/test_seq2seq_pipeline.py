@@ -11,7 +11,8 @@ from pipeline.cli import main
 
 from conftest import session_path_signatures, start_lmpipe_serve, write
 
-SIGNATURES = ["beam_search", "greedy", "sample", "score", "serving_default", "top_k", "top_p"]
+SIGNATURES = ["beam_search", "greedy", "sample", "score", "serving_default", "stream_next", "stream_start", "top_k",
+              "top_p"]
 
 WORDS = ["red", "green", "blue", "cat", "dog", "sun", "moon", "tree"]
 
