@@ -173,8 +173,7 @@ def method_knobs(knobs: Knobs, method) -> Knobs:
 class PerRowStrategy:
     """Each row's token by the strategy its `method` [B] names (an index of
     STREAM_METHODS). Every strategy sees only its own rows, as in a request of those
-    rows to its own signature (top-p's batch-wide shortcut included), and is skipped
-    when no row asks for it.
+    rows to its own signature, and is skipped when no row asks for it.
 
     Example:
         >>> PerRowStrategy(tf.constant([0, 3])).select(logits, knobs, u)   # int32 [2]

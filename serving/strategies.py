@@ -5,9 +5,14 @@ applied) and one uniform number per row (from `counter_rng`), sample by inverse 
 so are deterministic given the seed.
 
     greedy   the most probable token
-    sample   from the whole distribution
-    top_k    from the k most probable tokens (k per row)
-    top_p    from the smallest set whose probability reaches p (at least one token)
+    sample   from the whole distribution, in vocabulary order
+    top_k    from the k most probable tokens (k per row), in order of probability
+    top_p    from the smallest set whose probability reaches p (at least one token; all
+             tokens tied at the boundary), in vocabulary order
+
+None sorts the vocabulary or bisects over it: a step is a softmax and a few passes over
+the [N, V] probabilities (block sums; for top-p one weighted histogram), whatever the
+nucleus size (see each class; bench/generate.py times them against greedy).
 
 Example:
     >>> get_strategy("top_k").select(logits, knobs, u)   # int32 [B]
@@ -18,17 +23,48 @@ Example:
 
 from __future__ import annotations
 
+import math
+from typing import NamedTuple
+
 import tensorflow as tf
 
 from serving.knobs import Knobs
 
+FLAT_CDF_WIDTH = 256  # up to this many columns one cumsum is cheap; wider rows go by blocks
+
 
 def inverse_cdf(probs: tf.Tensor, u: tf.Tensor) -> tf.Tensor:
-    """Index j [N] with cdf[j-1] < u * total <= cdf[j]; zero-probability entries are never hit."""
-    cdf = tf.cumsum(probs, axis=1)
-    target = tf.cast(u, cdf.dtype)[:, None] * cdf[:, -1:]
-    index = tf.reduce_sum(tf.cast(cdf < target, tf.int32), axis=1)
-    return tf.minimum(index, tf.shape(probs)[1] - 1)
+    """Index j [N] with cdf[j-1] < u * total <= cdf[j] along probs [N, W] (>= 0, float32),
+    u [N] in (0, 1); zero-probability entries are never hit. Wide rows go in two levels:
+    block sums, then the cumsum of the one block that holds the target, so no full
+    cumsum (a slow serial scan on CPU) is taken.
+
+    Example:
+        >>> inverse_cdf(tf.constant([[0.5, 0.0, 0.5]]), tf.constant([0.7], tf.float64))
+        <tf.Tensor: shape=(1,), dtype=int32, numpy=array([2], dtype=int32)>
+    """
+    width = probs.shape[1]
+    if width is not None and width <= FLAT_CDF_WIDTH:
+        cdf = tf.cumsum(probs, axis=1)
+        target = tf.cast(u, cdf.dtype)[:, None] * cdf[:, -1:]
+        return tf.minimum(tf.searchsorted(cdf, target)[:, 0], tf.shape(probs)[1] - 1)
+    block = math.isqrt(width - 1) + 1 if width is not None else 128
+    blocks = _as_blocks(probs, block)
+    cdf = tf.cumsum(tf.reduce_sum(blocks, axis=2), axis=1)  # [N, blocks]
+    target = tf.cast(u, cdf.dtype) * cdf[:, -1]
+    at = tf.minimum(tf.searchsorted(cdf, target[:, None])[:, 0], tf.shape(cdf)[1] - 1)
+    before = tf.gather(tf.pad(cdf, [[0, 0], [1, 0]]), at, batch_dims=1)  # < target
+    inner = tf.cumsum(tf.gather(blocks, at, batch_dims=1), axis=1)  # [N, block]
+    rest = tf.minimum(target - before, inner[:, -1])  # > 0, so a positive entry is hit
+    return at * block + tf.minimum(tf.searchsorted(inner, rest[:, None])[:, 0], block - 1)
+
+
+def _as_blocks(x, block: int):
+    """[N, W] -> [N, ceil(W / block), block], zero-padded at the end."""
+    pad = -tf.shape(x)[1] % block if x.shape[1] is None else -x.shape[1] % block
+    if not isinstance(pad, int) or pad:
+        x = tf.pad(x, [[0, 0], [0, pad]])
+    return tf.reshape(x, [tf.shape(x)[0], -1, block])
 
 
 class Greedy:
@@ -40,6 +76,8 @@ class Greedy:
 
 
 class Sample:
+    """Inverse CDF over the whole softmax: one softmax and one pass of block sums."""
+
     name = "sample"
     uses_random = True
 
@@ -48,6 +86,10 @@ class Sample:
 
 
 class TopK:
+    """The k largest logits (`tf.math.top_k`: ties keep the lower token id), sampled in
+    that order. (Pruning the row by block maxima before `top_k` was measured: no faster
+    in the generation loop at k = 40, slower at k = 100.)"""
+
     name = "top_k"
     uses_random = True
 
@@ -61,41 +103,167 @@ class TopK:
 
 
 class TopP:
-    """Nucleus sampling without sorting the vocabulary: the nucleus is {tokens with
-    probability >= tau} for the largest tau whose set still holds mass p, found per row
-    by bisection (tokens tied at the boundary are all kept). When the `head` most
-    probable tokens already hold mass p in every row (usual for a trained model), the
-    nucleus is cut from those instead, in sorted order."""
+    """Nucleus sampling: the nucleus is {tokens with probability >= tau} for the largest
+    tau whose set still holds mass p (tokens tied at the boundary are all kept), sampled
+    by inverse CDF in vocabulary order. Masses are float32 sums, so a boundary within
+    ~1e-6 of p may fall either way (as with any float32 cumulative sum).
+
+    tau is found without sorting: one weighted histogram per row (`bins` bins of the
+    probabilities' float32 bit patterns, so log-spaced; the first window reaches
+    `spread` * ln(V p_max) nats below the most probable token, fine enough for flat and
+    peaked rows alike: ~5-25 tokens in the bin at the boundary) gives the bin where the
+    mass reaches p; the tokens of that bin are gathered and sorted. A row whose crossing
+    bin may hold `bin_tokens` or more tokens (a spike over a flat tail, mass ties), or
+    lies below the window, is refined (`_refine`): exact, only slower. Each row's tau is
+    the same whichever path its batch takes.
+
+    Example:
+        >>> probs = tf.constant([[0.02, 0.3, 0.25, 0.2, 0.15, 0.08]])
+        >>> TopP().threshold(probs, tf.constant([0.7])).numpy()   # keeps 0.3, 0.25, 0.2
+        array([0.2], dtype=float32)
+    """
 
     name = "top_p"
     uses_random = True
-    head = 64
-    bisection_steps = 32
+    bins = 4096  # a power of 4, so the crossing search runs on a square grid
+    bin_tokens = 64
+    spread = 2.5
 
     def select(self, logits, knobs: Knobs, u) -> tf.Tensor:
-        log_norm = tf.reduce_logsumexp(logits, axis=1, keepdims=True)
-        values, indices = tf.math.top_k(logits, k=tf.minimum(self.head, tf.shape(logits)[1]))
-        head_probs = tf.exp(values - log_norm)
-        return tf.cond(tf.reduce_all(tf.reduce_sum(head_probs, axis=1) >= knobs.p),
-                       lambda: self._from_head(head_probs, indices, knobs, u),
-                       lambda: self._by_threshold(tf.exp(logits - log_norm), knobs, u))
+        probs = tf.nn.softmax(logits)
+        tau = self.threshold(probs, knobs.p)
+        return inverse_cdf(tf.where(probs >= tau[:, None], probs, 0.0), u)
 
-    @staticmethod
-    def _from_head(probs, indices, knobs, u):
-        before = tf.cumsum(probs, axis=1, exclusive=True)
-        keep = before < knobs.p[:, None]  # the first token always stays (before = 0 < p)
-        return tf.gather(indices, inverse_cdf(tf.where(keep, probs, 0.0), u), batch_dims=1)
+    def threshold(self, probs, p) -> tf.Tensor:
+        """tau [N] of probs [N, V] (float32, rows summing to 1) for mass p [N]; 0 (keep
+        all) where p >= 1."""
+        bits = tf.bitcast(probs, tf.int32)  # monotone in the probability
+        top = tf.reduce_max(probs, axis=1)
+        top_bits = tf.bitcast(top, tf.int32)
+        vocab = probs.shape[1] if probs.shape[1] is not None else tf.cast(tf.shape(probs)[1], tf.float32)
+        depth = self.spread * tf.math.log(tf.maximum(top * vocab, 1.0)) + 1e-3  # nats below the top
+        # bit patterns per bin = depth / ln 2 * 2**23 / bins; the shift is its log2, rounded up
+        shift = tf.math.ceil(tf.math.log(depth) / math.log(2.0) + (23 - _log2(self.bins) - math.log2(math.log(2.0))))
+        shift = tf.clip_by_value(tf.cast(shift, tf.int32), 1, 31 - _log2(self.bins))
+        key = _depth_key(top_bits, bits, shift, self.bins)
+        hist = tf.raw_ops.DenseBincount(input=key, size=self.bins, weights=probs)
+        at, found, before, _ = _crossing(hist, tf.zeros_like(p), p)
+        tokens = _compact(tf.equal(key, at[:, None]))
+        few = tf.logical_and(found, tokens[2] < self.bin_tokens)
+        keep_all = p >= 1.0
 
-    def _by_threshold(self, probs, knobs, u):
-        low = tf.zeros_like(knobs.p)  # mass(probs >= 0) = 1 >= p
-        high = tf.reduce_max(probs, axis=1)
-        for _ in range(self.bisection_steps):
-            mid = (low + high) / 2
-            mass = tf.reduce_sum(tf.where(probs >= mid[:, None], probs, 0.0), axis=1)
-            enough = mass >= knobs.p
-            low, high = tf.where(enough, mid, low), tf.where(enough, high, mid)
-        keep = probs >= low[:, None]
-        return inverse_cdf(tf.where(keep, probs, 0.0), u)
+        def refine():
+            first = _Level(at, found, few, before, tf.reduce_sum(hist[:, :-1], axis=1))
+            return self._refine(bits, probs, top_bits, shift, p, first)
+
+        tau = tf.cond(tf.reduce_all(few | keep_all), lambda: _tau_from(probs, tokens, before, p), refine)
+        return tf.where(keep_all, 0.0, tau)
+
+    def _refine(self, bits, probs, top_bits, shift, p, first: _Level):
+        """tau when some row's first window (`first`) misses: move a row's window deeper
+        when the mass stays below p in it, or zoom into its crowded crossing bin
+        (log2(bins) bits a level) down to single bit patterns, which are exact. A row that
+        the first window settles gets the tau it gets there."""
+        zoom_bits, max_shift = _log2(self.bins), 31 - _log2(self.bins)
+
+        def advance(level, base, shift, above, done, tau, pick):
+            exact = tf.logical_and(level.found, tf.equal(shift, 0))  # one bit pattern: tau itself
+            window = tf.bitwise.left_shift(tf.constant(self.bins - 1, tf.int64), tf.cast(shift, tf.int64))
+            bottom = tf.cast(base, tf.int64) - window
+            everything = tf.logical_and(~level.found, bottom <= 0)  # all the mass is below p: keep all
+            few = level.few & ~exact
+            new = ~done & (exact | everything | few)
+            tau = tf.where(new & exact, tf.bitcast(base - level.bin, tf.float32), tau)
+            tau = tf.where(new & everything, 0.0, tau)
+            pick = [tf.where(new & few, a, b) for a, b in zip((level.bin, base, shift, level.before), pick)]
+            width = tf.bitwise.left_shift(1, shift)
+            base = tf.where(level.found, base - level.bin * width, tf.cast(tf.maximum(bottom, 0), tf.int32))
+            shift = tf.where(level.found, tf.maximum(shift - zoom_bits, 0), tf.minimum(shift + 4, max_shift))
+            above = tf.where(level.found, level.before, above + level.total)
+            return base, shift, above, done | new, tau, pick
+
+        def body(base, shift, above, *rest):
+            return advance(self._level(base, shift, above, bits, probs, p), base, shift, above, *rest)
+
+        n = tf.shape(p)[0]
+        pick = [tf.fill([n], -1), top_bits, shift, tf.zeros_like(p)]  # bin, base, shift, mass above
+        state = advance(first, top_bits, shift, tf.zeros_like(p), tf.zeros([n], tf.bool), tf.zeros_like(p), pick)
+        *_, tau, (at, base, shift, before) = tf.while_loop(
+            lambda *s: ~tf.reduce_all(s[3]), body, state, maximum_iterations=32)
+        mask = tf.equal(_depth_key(base, bits, shift, self.bins), at[:, None])
+        return tf.where(at >= 0, _tau_from(probs, _compact(mask), before, p), tau)
+
+    def _level(self, base, shift, above, bits, probs, p) -> _Level:
+        """The histogram of one window per row: tokens with bit pattern <= base [N], in bins
+        of 2**shift [N] patterns; above [N]: the mass over the window. `few` is bounded
+        from the bin's mass and its lowest possible probability."""
+        hist = tf.raw_ops.DenseBincount(input=_depth_key(base, bits, shift, self.bins), size=self.bins, weights=probs)
+        at, found, before, mass = _crossing(hist, above, p)
+        edge = tf.cast(base, tf.int64) - tf.bitwise.left_shift(tf.cast(at, tf.int64) + 1, tf.cast(shift, tf.int64))
+        edge_p = tf.bitcast(tf.cast(tf.clip_by_value(edge, 0, 2**31 - 1), tf.int32), tf.float32)
+        few = found & (edge > 0) & (mass <= edge_p * (self.bin_tokens - 1))  # every token > edge_p
+        return _Level(at, found, few, before, tf.reduce_sum(hist[:, :-1], axis=1))
+
+
+class _Level(NamedTuple):
+    """One histogram's answer, per row [N]."""
+
+    bin: tf.Tensor  # int32: the bin where the running mass reaches p
+    found: tf.Tensor  # bool: that bin is in the window
+    few: tf.Tensor  # bool: it holds fewer than bin_tokens tokens
+    before: tf.Tensor  # float32: the mass before it (the mass above the window included)
+    total: tf.Tensor  # float32: the window's mass
+
+
+def _log2(n: int) -> int:
+    return n.bit_length() - 1
+
+
+def _depth_key(base, bits, shift, bins: int):
+    """min((base [N] - bits [N, V]) >> shift [N], bins - 1) as int32 [N, V], computed
+    unsigned, so a token above base (or a NaN) wraps to a large key: bin bins - 1 holds
+    every token outside the window (every token counts, so the histogram's loop never
+    mispredicts a skip; that bin is never a crossing)."""
+    key = tf.bitwise.right_shift(tf.bitcast(base[:, None] - bits, tf.uint32), tf.cast(shift, tf.uint32)[:, None])
+    return tf.bitcast(tf.minimum(key, bins - 1), tf.int32)
+
+
+def _crossing(hist, above, p):
+    """The first bin [N] of hist [N, bins] at which above [N] + the running sum reaches p
+    [N]; whether it is a bin of the window (not the last); the mass before it and in it.
+    Two levels on a square grid."""
+    side = math.isqrt(hist.shape[1])
+    grid = tf.reshape(hist, [tf.shape(hist)[0], side, side])
+    rows = tf.concat([above[:, None], above[:, None] + tf.cumsum(tf.reduce_sum(grid, axis=2), axis=1)], axis=1)
+    row = tf.minimum(tf.searchsorted(rows[:, 1:], p[:, None])[:, 0], side - 1)
+    cells = tf.gather(grid, row, batch_dims=1)
+    start = tf.gather(rows, row, batch_dims=1)
+    cols = tf.concat([start[:, None], start[:, None] + tf.cumsum(cells, axis=1)], axis=1)
+    col = tf.searchsorted(cols[:, 1:], p[:, None])[:, 0]
+    at = row * side + tf.minimum(col, side - 1)
+    found = at < side * side - 1  # the last bin holds what is outside the window
+    col = tf.minimum(col, side - 1)
+    return at, found, tf.gather(cols, col, batch_dims=1), tf.gather(cells, col, batch_dims=1)
+
+
+def _compact(mask):
+    """The True entries of mask [N, V], row-major: (coordinates [M, 2], rows [M], counts
+    per row [N])."""
+    where = tf.where(mask)
+    rows = tf.cast(where[:, 0], tf.int32)
+    return where, rows, tf.math.unsorted_segment_sum(tf.ones_like(rows), rows, tf.shape(mask)[0])
+
+
+def _tau_from(probs, tokens, before, p):
+    """tau [N] from the tokens (`_compact`) of each row's crossing bin, `before` [N] the
+    mass above it: sorted, the first whose running mass reaches p."""
+    where, rows, counts = tokens
+    slot = tf.range(tf.shape(rows)[0]) - tf.gather(tf.cumsum(counts, exclusive=True), rows)
+    dense = tf.scatter_nd(tf.stack([rows, slot], axis=1), tf.gather_nd(probs, where),
+                          tf.stack([tf.shape(counts)[0], tf.maximum(tf.reduce_max(counts), 1)]))
+    ordered = tf.sort(dense, axis=1, direction="DESCENDING")
+    reached = tf.searchsorted(before[:, None] + tf.cumsum(ordered, axis=1), p[:, None])[:, 0]
+    return tf.gather(ordered, tf.minimum(reached, tf.maximum(counts - 1, 0)), batch_dims=1)
 
 
 STRATEGIES = {cls.name: cls for cls in (Greedy, Sample, TopK, TopP)}

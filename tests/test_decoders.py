@@ -8,6 +8,7 @@ import tensorflow as tf
 from scipy import stats
 
 from serving.beam_search import beam_search
+from serving.counter_rng import row_uniform
 from serving.generate import generate
 from serving.knobs import Knobs
 from serving.strategies import get_strategy
@@ -232,3 +233,120 @@ def test_special_tokens_are_never_chosen_unless_unk_is_allowed():
     unk_allowed = generate(model, tf.constant(prompts), tf.constant([1, 1]), Knobs.defaults(2, max_new_tokens=2),
                            get_strategy("greedy"), banned=(0, 2))
     assert unk_allowed.token_ids.numpy().tolist() == [[1, 1]] * 2
+
+
+# --- The strategies against exact (float64, sorting) references, on vocabularies of
+# realistic size, where the fast paths (block sums, histogram thresholds, pruned top-k) run.
+
+def _nucleus(probs, p):
+    """Exact nucleus mask of float32 probs [V] for mass p, and the margin of the decision
+    (how far the boundary masses are from p; float32 sums may flip it within ~1e-6)."""
+    order = np.argsort(-probs, kind="stable")
+    s = probs[order].astype(np.float64)
+    mass = np.cumsum(s)[np.searchsorted(-s, -s, side="right") - 1]  # mass of {q >= s[i]}
+    first = int(np.argmax(mass >= p)) if (mass >= p).any() else len(s) - 1
+    tau = s[first]
+    above = mass[first - 1] if first > 0 and s[first - 1] > tau else None  # mass of {q > tau}
+    return probs >= tau, min(mass[first] - p, np.inf if above is None else p - above)
+
+
+def _inverse_cdf_ref(weights, u):
+    """Exact inverse CDF (float64) of weights [V] at u; and how close u * total is to a
+    boundary of the cdf (relative to the total)."""
+    cdf = np.cumsum(weights.astype(np.float64))
+    target = u * cdf[-1]
+    j = int(np.searchsorted(cdf, target, side="left"))
+    gaps = np.abs(cdf[max(j - 1, 0):j + 1] - target) / cdf[-1]
+    return min(j, len(cdf) - 1), gaps.min()
+
+
+def _rows(kind, n, vocab, rng):
+    if kind == "flat":  # random weights: all tokens within ~0.1 nats
+        logits = rng.normal(0, 0.0117, (n, vocab))
+    elif kind == "peaked":  # trained-like: Zipf prior + context, perplexity ~100
+        logits = rng.normal(0, 2.34, (n, vocab)) - 1.1 * np.log1p(rng.permutation(vocab))
+    elif kind == "spike":  # one dominant token over a near-flat tail: crowded histogram bins
+        logits = np.where(np.arange(vocab) == 7, 10.0, 0.0) + rng.normal(0, 0.01, (n, vocab))
+    else:  # "ties": few distinct values, many tokens tied at the boundary
+        logits = np.round(rng.normal(0, 1, (n, vocab)), 1)
+    logits[:, :3] = -1e9  # banned, as the logits processors leave them
+    return logits.astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", ["flat", "peaked", "spike", "ties"])
+@pytest.mark.parametrize("refine", [False, True])
+def test_top_p_threshold_keeps_exactly_the_nucleus(kind, refine):
+    """Any nucleus size (p = 0.5 .. 0.999 on flat rows keeps ~5,000 .. 9,990 of 10,000
+    tokens); `refine` forces the slow exact path (every crossing bin counts as crowded)."""
+    strategy = get_strategy("top_p")
+    if refine:
+        strategy.bin_tokens = 1
+    probs = tf.nn.softmax(_rows(kind, 8, 10_000, np.random.default_rng(3)))
+    checked = 0
+    for p in (1e-6, 0.5, 0.9, 0.999):
+        tau = strategy.threshold(probs, tf.fill([8], p)).numpy()
+        for row, t in zip(probs.numpy(), tau):
+            expected, margin = _nucleus(row, p)
+            if margin > 2e-6:  # else float32 sums may decide either way
+                checked += 1
+                np.testing.assert_array_equal(row >= t, expected)
+    assert checked >= 20
+    tau = strategy.threshold(probs, tf.fill([8], 1.0)).numpy()
+    assert (tau == 0).all()  # p = 1 keeps every token
+
+
+def test_top_p_on_a_flat_distribution_at_p_0999_samples_only_the_nucleus():
+    logits = _rows("flat", 1, 2_000, np.random.default_rng(4))
+    probs = tf.nn.softmax(logits).numpy()[0]
+    nucleus, margin = _nucleus(probs, 0.999)
+    assert margin > 2e-6 and 1_900 < nucleus.sum() < 1_997
+    n = 4000
+    tokens = get_strategy("top_p").select(tf.repeat(logits, n, axis=0), Knobs.defaults(n, p=0.999),
+                                          row_uniform(tf.range(n, dtype=tf.int64), tf.constant(0))).numpy()
+    assert nucleus[tokens].all()
+    assert len(set(tokens)) > 1_200  # the whole nucleus is reachable, not a head of it
+
+
+@pytest.mark.parametrize("name,knobs", [("sample", {}), ("top_k", {"k": 40}), ("top_k", {"k": 300}),
+                                        ("top_p", {"p": 0.9}), ("top_p", {"p": 0.999})])
+def test_fast_strategies_agree_with_exact_references_token_for_token(name, knobs):
+    """1,000 rows x 1,013 tokens (not a whole number of blocks), flat and peaked rows,
+    one uniform per row from the counter RNG: the same token as a float64 reference, but
+    where the reference's target lies within float32 rounding of a cdf boundary."""
+    rng = np.random.default_rng(5)
+    logits = np.concatenate([_rows("flat", 500, 1_013, rng), _rows("peaked", 500, 1_013, rng)])
+    n = len(logits)
+    u = row_uniform(tf.range(n, dtype=tf.int64) * 7 + 1, tf.constant(3))
+    got = get_strategy(name).select(tf.constant(logits), Knobs.defaults(n, **knobs), u).numpy()
+    probs = tf.nn.softmax(logits).numpy()
+    skipped = 0
+    for row, prob, uu, token in zip(logits, probs, u.numpy(), got):
+        if name == "top_k":  # the k largest, in order of probability (ties: lower id first)
+            order = np.argsort(-row, kind="stable")[:knobs["k"]]
+            weights, ids = np.exp(row[order] - row[order[0]]), order
+        else:
+            mask = _nucleus(prob, knobs["p"])[0] if name == "top_p" else np.ones_like(prob, bool)
+            weights, ids = np.where(mask, prob, 0.0), np.arange(len(prob))
+        j, gap = _inverse_cdf_ref(weights, uu)
+        if gap < 1e-5:
+            skipped += 1
+            continue
+        assert token == ids[j]
+    assert skipped < n // 20
+
+
+@pytest.mark.parametrize("name", ["sample", "top_k", "top_p"])
+def test_a_row_samples_the_same_alone_as_beside_rows_that_take_the_slow_path(name):
+    """A crowded row (one spike over a flat tail, or exact ties) sends a batch's top-p
+    down the refining path; the other rows still get the token they get alone."""
+    rng = np.random.default_rng(7)
+    logits = np.concatenate([_rows("peaked", 3, 10_000, rng), _rows("spike", 1, 10_000, rng),
+                             _rows("flat", 2, 10_000, rng), np.zeros([1, 10_000], np.float32)])
+    n = len(logits)
+    knobs = Knobs.defaults(n, k=40, p=0.95)
+    u = row_uniform(tf.range(n, dtype=tf.int64), tf.constant(0))
+    strategy = get_strategy(name)
+    together = strategy.select(tf.constant(logits), knobs, u).numpy()
+    alone = [int(strategy.select(tf.constant(logits[i:i + 1]), Knobs(*[k[i:i + 1] for k in knobs]), u[i:i + 1])[0])
+             for i in range(n)]
+    assert together.tolist() == alone
