@@ -24,7 +24,8 @@ import os
 import sys
 from typing import Callable
 
-from pipeline.errors import InputDataError, LmpipeError, ServiceUnreachable, UsageError
+from pipeline.errors import InputDataError, LmpipeError
+from pipeline.generate_command import cmd_generate
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported
 
@@ -242,122 +243,6 @@ def cmd_schedule(args, extra: list[str]) -> int:
     print(schedule_command(args.config, args.cron, systemd=args.systemd, install=args.install,
                            log_file=_load(args).run.log_file), end="")
     return 0
-
-
-def cmd_generate(args, extra: list[str]) -> int:
-    from serving.client import ServerUnreachable, ServingError, connect, request_instances
-    from serving.generation_module import SIGNATURE_KNOBS
-    from serving.knobs import knob_problem
-    from serving.rest_api import ServingError as RefusedLocally
-
-    knobs = {name: getattr(args, name) for name in SIGNATURE_KNOBS[args.method] if getattr(args, name) is not None}
-    problem = knob_problem({k: [v] for k, v in knobs.items()}, max_new_tokens=2**31 - 1)
-    if problem:
-        raise UsageError(f"--{problem.split(' ')[0].replace('_', '-')}: {problem.replace(' for prompt 0', '')}")
-    if args.stream:
-        return _stream(args, knobs)
-    try:
-        if args.export_dir:
-            predictions = _predict_in_process(args, knobs)
-        else:
-            client = connect(args.url, args.model)
-            instances = request_instances(args.prompts, args.method, client.prompt_input(args.method), **knobs)
-            predictions = client.predict(args.method, instances)["predictions"]
-    except ValueError as err:  # a URL without a scheme
-        raise UsageError(str(err)) from None
-    except ServerUnreachable as err:
-        raise ServiceUnreachable(str(err)) from None
-    except (ServingError, RefusedLocally) as err:
-        status = getattr(err, "status", 400)
-        message = getattr(err, "message", str(err))
-        raise (UsageError if status < 500 else LmpipeError)(f"the model refused the request (HTTP {status}): {message}") from None
-    for prompt, pred in zip(args.prompts, predictions):
-        texts = pred["text"] if isinstance(pred["text"], list) else [pred["text"]]
-        scores = pred["log_prob"] if isinstance(pred["log_prob"], list) else [pred["log_prob"]]
-        for text, score in zip(texts, scores):
-            print(f"{prompt} -> {text}    (log p = {score:.2f})")
-    return 0
-
-
-def _stream(args, knobs: dict) -> int:
-    """Prints each new piece as it arrives, then each prompt's whole text."""
-    from serving.client import ServerUnreachable, ServingError, connect
-    from serving.rest_api import ServingError as RefusedLocally
-
-    if args.method == "beam_search":
-        raise UsageError("--stream decodes with greedy, sample, top_k or top_p, not beam_search")
-    try:
-        if args.export_dir:
-            events = _stream_in_process(args, knobs)
-        else:
-            client = connect(args.url, args.model)
-            events = _stream_from_server(client, args, knobs)
-        for event in events:
-            if event.get("done"):
-                print(f"\n{args.prompts[event['index']]} -> {event['text']}    (log p = {event['log_prob']:.2f}, "
-                      f"{event['tokens']} tokens, {event['stop_reason']})", flush=True)
-            else:
-                prefix = f"[{event['index']}]" if len(args.prompts) > 1 else ""
-                print(prefix + event["piece"], end="" if len(args.prompts) == 1 else "\n", flush=True)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
-    except ServerUnreachable as err:
-        raise ServiceUnreachable(str(err)) from None
-    except (ServingError, RefusedLocally) as err:
-        status, message = getattr(err, "status", 400), getattr(err, "message", str(err))
-        raise (UsageError if status < 500 else LmpipeError)(f"the model refused the request (HTTP {status}): {message}") from None
-    return 0
-
-
-def _stream_from_server(client, args, knobs: dict):
-    """lmpipe serve's Server-Sent Events; the stream signatures on any other server (TF
-    Serving has no :generate_stream: it answers 400 Malformed request or 404)."""
-    from serving.client import GrpcServingClient, ServingError
-
-    if isinstance(client, GrpcServingClient):
-        yield from client.stream(args.prompts, args.method, **knobs)
-        return
-    try:
-        yield from client.stream_sse(args.prompts, args.method, **knobs)
-    except ServingError as err:
-        if err.status == 404 or "Malformed request" in err.message:
-            yield from client.stream(args.prompts, args.method, **knobs)
-        else:
-            raise
-
-
-def _stream_in_process(args, knobs: dict):
-    import tensorflow as tf
-
-    from serving.local_predict import prompt_input
-    from serving.rest_api import graph_error
-    from serving.saved_model_session import SessionModel
-    from serving.stream import stream_events, stream_start_inputs
-
-    if not os.path.exists(os.path.join(args.export_dir, "saved_model.pb")):
-        raise InputDataError(f"no SavedModel in {args.export_dir} (saved_model.pb missing); give an export "
-                             "version folder such as work/export/lm/1")
-    model = SessionModel(args.export_dir)
-    name = prompt_input(args.export_dir, args.method)
-
-    def call(signature, inputs):
-        try:
-            return model.run(signature, inputs)
-        except tf.errors.OpError as err:
-            raise graph_error(err) from None
-
-    yield from stream_events(call, stream_start_inputs(args.prompts, args.method, name, **knobs), name)
-
-
-def _predict_in_process(args, knobs: dict) -> list:
-    from serving.client import request_instances
-    from serving.local_predict import predict_local, prompt_input
-
-    if not os.path.exists(os.path.join(args.export_dir, "saved_model.pb")):
-        raise InputDataError(f"no SavedModel in {args.export_dir} (saved_model.pb missing); give an export "
-                             "version folder such as work/export/lm/1")
-    instances = request_instances(args.prompts, args.method, prompt_input(args.export_dir, args.method), **knobs)
-    return predict_local(args.export_dir, args.method, instances)
 
 
 def cmd_report(args, extra: list[str]) -> int:

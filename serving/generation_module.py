@@ -52,11 +52,11 @@ from tensorflow.python.trackable.data_structures import NoDependency
 from pipeline.constants import EOS_ID, UNK_ID
 from pipeline.tokenizer import Tokenizer
 from serving.beam_search import beam_search
-from serving.generate import (STREAM_METHODS, DecodeState, PerRowStrategy, choose_token, generate,
-                              method_knobs, new_tokens, output_prefix, seen_tokens, start_state)
-from serving.knobs import KNOB_SPECS, Knobs, knob_asserts, knob_range_message
+from serving.generate import generate
+from serving.knobs import KNOB_SPECS, Knobs, knob_asserts
 from serving.logits_processors import NEVER_TEXT
 from serving.strategies import get_strategy
+from serving.stream_signatures import StreamSignatures
 
 BASE_KNOBS = ("max_new_tokens", "min_new_tokens", "repetition_penalty", "no_repeat_ngram_size")
 SIGNATURE_KNOBS = {
@@ -69,7 +69,6 @@ SIGNATURE_KNOBS = {
 GENERATION_SIGNATURES = tuple(SIGNATURE_KNOBS)
 STREAM_KNOBS = BASE_KNOBS + ("temperature", "seed", "k", "p")  # every method's knobs
 STREAM_SIGNATURES = ("stream_start", "stream_next")
-STATE_COUNTERS = ("cur_len", "generated", "log_prob", "finished")  # a stream state's first columns
 DEFAULT_MAX_PROMPT_TOKENS = 1024
 
 
@@ -97,7 +96,7 @@ def input_specs(signature: str, strings_input: str = "prompt") -> dict[str, tf.T
     return specs
 
 
-class GenerationModule(tf.Module):
+class GenerationModule(StreamSignatures, tf.Module):
     """Raw strings in, generated strings out; everything in the graph.
 
     Args:
@@ -110,6 +109,7 @@ class GenerationModule(tf.Module):
     """
 
     prompt_input = "prompt"  # the name of the strings input of generation signatures
+    stream_knobs = STREAM_KNOBS  # the knobs of the stream signatures (StreamSignatures)
 
     def __init__(self, model, tokenizer: Tokenizer, max_new_tokens: int,
                  max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS, allow_unk: bool = False) -> None:
@@ -131,8 +131,7 @@ class GenerationModule(tf.Module):
         """One concrete function per signature, each with named TensorSpecs."""
         functions = {name: self.generation_function(name) for name in GENERATION_SIGNATURES}
         functions["score"] = self.score_function()
-        functions["stream_start"] = self.stream_start_function()
-        functions["stream_next"] = self.stream_next_function()
+        functions.update(self.stream_functions())
         return {name: fn.get_concrete_function(**self.input_specs(name)) for name, fn in functions.items()}
 
     def input_specs(self, signature: str) -> dict[str, tf.TensorSpec]:
@@ -204,170 +203,6 @@ class GenerationModule(tf.Module):
             "log_prob": out.log_prob,
         }
 
-    # ---- streaming: one token per call, the decoder state held by the client ----------
-
-    def stream_start_function(self):
-        """The tf.function of `stream_start`: prompts -> the first token of each stream."""
-        @tf.function
-        def fn(**inputs):
-            prompt, method = inputs.pop(self.prompt_input), inputs.pop("method")
-            batch = tf.shape(prompt)[0]
-            knobs = Knobs.from_inputs(inputs, batch)
-            with tf.control_dependencies(self._stream_checks(batch, knobs, method)):
-                knobs = Knobs(*[tf.identity(k) for k in knobs])
-                prompt, method = tf.identity(prompt), tf.identity(method)
-            ids, lengths = self.encode_prompts(prompt, self.prompt_input)
-            prefix_ids, _ = output_prefix(self.model, ids, lengths)
-            slots = self._history_width() - tf.shape(prefix_ids)[1]
-            state = start_state(self.model, ids, lengths, knobs, slots)
-            return self._stream_outputs(state, tf.zeros([batch], tf.int32), knobs, method,
-                                        self._stream_context(ids, lengths))
-
-        return fn
-
-    def stream_next_function(self):
-        """The tf.function of `stream_next`: (state, the previous token) -> the next token."""
-        @tf.function
-        def fn(**inputs):
-            packed, token, step, method = (inputs.pop(k) for k in ("state", "token", "step", "method"))
-            batch = tf.shape(packed)[0]
-            knobs = Knobs.from_inputs(inputs, batch)
-            checks = self._stream_checks(batch, knobs, method) + self._state_checks(packed, token, step)
-            with tf.control_dependencies(checks):  # the width first: nothing slices a bad state
-                knobs = Knobs(*[tf.identity(k) for k in knobs])
-                packed, token, step, method = (tf.identity(x) for x in (packed, token, step, method))
-            state, context = self._unpack_state(packed)
-            with tf.control_dependencies(self._resume_checks(state, token, step)):
-                token = tf.identity(token)
-            logits, states = self.model.step(token, self._model_states(state.states, context))
-            uses_seen = tf.reduce_any(tf.not_equal(knobs.repetition_penalty, 1.0))
-            seen = tf.cond(uses_seen, lambda: seen_tokens(state.history, state.cur_len, tf.shape(logits)[1]),
-                           lambda: tf.zeros_like(logits))
-            state = state._replace(logits=logits, states=states, seen=seen)
-            return self._stream_outputs(state, step, knobs, method, context)
-
-        return fn
-
-    @property
-    def stream_width(self) -> int:
-        """S, the columns of this export's stream state (layout: the module docstring)."""
-        return len(STATE_COUNTERS) + sum(self._carried_widths()) + self._history_width() + self._context_width()
-
-    def _carried_widths(self) -> list[int]:
-        """The widths of the model states a stream state carries (LM: all of them)."""
-        return [int(s.shape[-1]) for s in self.model.initial_state(1)]
-
-    def _carried(self, states) -> list[tf.Tensor]:
-        return list(states)
-
-    def _model_states(self, carried, context) -> list[tf.Tensor]:
-        """The model's states from the carried ones and the state's context columns."""
-        return list(carried)
-
-    def _history_width(self) -> int:
-        prefix = self.max_prompt_tokens + 1 if getattr(self.model, "prompt_is_prefix", True) else 0
-        return prefix + self.max_new_tokens  # + 1: the leading <eos> of every prompt
-
-    def _context_width(self) -> int:
-        return 0
-
-    def _stream_context(self, ids, lengths) -> tf.Tensor:
-        """[B, C] float32: what else the state needs from the prompts (LM: nothing)."""
-        return tf.zeros([tf.shape(ids)[0], 0], tf.float32)
-
-    def _stream_outputs(self, state: DecodeState, step, knobs: Knobs, method, context) -> dict[str, tf.Tensor]:
-        """Chooses each row's next token from `state.logits`; the outputs of both stream signatures."""
-        token, after = choose_token(state, step, method_knobs(knobs, method), PerRowStrategy(method), self.banned)
-        return {"state": self._pack_state(after, context), "token": token, "piece": self._piece(state, after),
-                "done": after.finished, "log_prob": after.log_prob}
-
-    def _piece(self, before: DecodeState, after: DecodeState):
-        """[B] strings: the text the new token adds, text(tokens so far) minus text(before)
-        (every tokenizer kind's text of a token sequence starts with that of its prefix)."""
-        prefix = after.cur_len - after.generated
-        old = self._texts(*new_tokens(before.history, prefix, before.generated, self.max_new_tokens))
-        new = self._texts(*new_tokens(after.history, prefix, after.generated, self.max_new_tokens))
-        start = tf.strings.length(old)
-        return tf.strings.substr(new, start, tf.strings.length(new) - start)
-
-    def _pack_state(self, state: DecodeState, context) -> tf.Tensor:
-        counters = [state.cur_len, state.generated, state.log_prob, state.finished]
-        columns = [tf.cast(c, tf.float32)[:, None] for c in counters]
-        columns += [tf.cast(s, tf.float32) for s in self._carried(state.states)]
-        return tf.concat(columns + [tf.cast(state.history, tf.float32), context], axis=1)
-
-    def _unpack_state(self, packed):
-        """[B, S] -> (a DecodeState with the carried states and no logits or seen, context)."""
-        widths = [1] * len(STATE_COUNTERS) + self._carried_widths() + [self._history_width(), self._context_width()]
-        parts = tf.split(packed, widths, axis=1)
-        cur_len, generated, log_prob, finished = (p[:, 0] for p in parts[:len(STATE_COUNTERS)])
-        state = DecodeState(
-            finished=finished > 0.5, history=tf.cast(parts[-2], tf.int32), cur_len=tf.cast(cur_len, tf.int32),
-            generated=tf.cast(generated, tf.int32), log_prob=log_prob, seen=None, logits=None,
-            states=parts[len(STATE_COUNTERS):-2])
-        return state, parts[-1]
-
-    def _state_bounds(self):
-        """Per column of a stream state: (low [S], high [S], integral [S]) it may hold."""
-        inf = float("inf")
-        vocab = self.tokenizer.vocab_size
-        history = self._history_width()
-        rows = [(0, history, True), (0, self.max_new_tokens, True), (-inf, inf, False), (0, 1, True)]
-        rows += [(-inf, inf, False)] * sum(self._carried_widths()) + [(0, vocab - 1, True)] * history
-        rows += self._context_bounds()
-        low, high, integral = zip(*rows)
-        return (tf.constant(low, tf.float32), tf.constant(high, tf.float32), tf.constant(integral))
-
-    def _context_bounds(self) -> list[tuple]:
-        return []
-
-    def _stream_checks(self, batch, knobs: Knobs, method) -> list[tf.Operation]:
-        """Every knob's range (`_checks`) and `method`'s, one value per prompt."""
-        checks = self._checks(batch, knobs, STREAM_KNOBS)
-        checks.append(tf.debugging.assert_equal(tf.shape(method)[0], batch,
-                                                message="method must have one value per prompt"))
-        names = ", ".join(f"{i} {name}" for i, name in enumerate(STREAM_METHODS))
-        ok = tf.logical_and(method >= 0, method < len(STREAM_METHODS))
-        return checks + [_assert_rows(ok, method, "method", f"[0, {len(STREAM_METHODS) - 1}] ({names})")]
-
-    def _state_checks(self, packed, token, step) -> list[tf.Operation]:
-        """`state` has this export's width S, then `token` and `step` one value per prompt,
-        `step` in [0, max_new_tokens - 1], and every state column a value it can hold."""
-        width = self.stream_width
-        message = tf.strings.format(
-            f"state must have {width} columns (the stream state of this export, as stream_start and "
-            f"stream_next return it), got {{}}", tf.shape(packed)[1])
-        wide = tf.debugging.Assert(tf.equal(tf.shape(packed)[1], width), [message])
-        batch = tf.shape(packed)[0]
-        checks = [tf.debugging.assert_equal(tf.shape(x)[0], batch, message=f"{name} must have one value per prompt")
-                  for name, x in (("token", token), ("step", step))]
-        checks.append(_assert_rows(tf.logical_and(step >= 0, step < self.max_new_tokens), step, "step",
-                                   f"[0, {self.max_new_tokens - 1}]"))
-        checks.append(_assert_rows(tf.logical_and(token >= 0, token < self.tokenizer.vocab_size), token, "token",
-                                   f"[0, {self.tokenizer.vocab_size - 1}]"))
-        with tf.control_dependencies([wide]):
-            low, high, integral = self._state_bounds()
-            fits = tf.logical_and(tf.math.is_finite(packed), tf.logical_and(packed >= low, packed <= high))
-            fits = tf.logical_and(fits, tf.logical_or(~integral, tf.equal(packed, tf.round(packed))))
-            bad = tf.cast(tf.argmin(tf.cast(tf.reshape(fits, [-1]), tf.int32)), tf.int32)
-            message = tf.strings.format(
-                "state of prompt {} has {} in column {}, a value no stream state of this export holds: "
-                "send back the state the previous stream call returned",
-                (bad // width, tf.gather(tf.reshape(packed, [-1]), bad), bad % width))
-            checks.append(tf.debugging.Assert(tf.reduce_all(fits), [message]))
-        return [wide] + checks
-
-    def _resume_checks(self, state: DecodeState, token, step) -> list[tf.Operation]:
-        """A row still streaming must send the token it was given and the next step."""
-        active = tf.logical_not(state.finished)
-        last = tf.gather(state.history, tf.maximum(state.cur_len - 1, 0), batch_dims=1)
-        return [
-            _assert_rows(tf.logical_or(~active, tf.equal(step, state.generated)), step, "step",
-                         "the index of the token to produce (the tokens streamed so far)", state.generated),
-            _assert_rows(tf.logical_or(~active, tf.equal(token, last)), token, "token",
-                         "the token the previous stream call returned", last),
-        ]
-
     def score_function(self):
         """The tf.function of the `score` signature: the model's log-probability of each
         text (read after an <eos>, its own <eos> included when the tokenizer adds one),
@@ -394,14 +229,3 @@ def score_outputs(nll, tokens) -> dict[str, tf.Tensor]:
     perplexity = tf.exp(-log_prob / tf.cast(tf.maximum(tokens, 1), tf.float32))
     return {"log_prob": log_prob, "tokens": tokens, "perplexity": perplexity}
 
-
-def _assert_rows(ok, values, name: str, interval: str, expected=None) -> tf.Operation:
-    """Asserts every row of `ok` [B]; the message (`knob_range_message`'s wording, or
-    "must be <interval>, <expected>") names the first failing row and its value."""
-    row = tf.argmin(tf.cast(ok, tf.int32), output_type=tf.int32)
-    if expected is None:
-        message = tf.strings.format(knob_range_message(name, interval, "{}", "{}"), (tf.gather(values, row), row))
-    else:
-        message = tf.strings.format(f"{name} must be {interval}, {{}} for prompt {{}}, got {{}}",
-                                    (tf.gather(expected, row), row, tf.gather(values, row)))
-    return tf.debugging.Assert(tf.reduce_all(ok), [message])

@@ -121,16 +121,21 @@ def knob_asserts(knobs: "Knobs", names, max_new_tokens: int) -> list[tf.Operatio
             high, interval = tf.cast(bound, values.dtype), rule.text(bound)
         low = tf.cast(rule.low, values.dtype)
         ok = tf.logical_and(values > low if rule.low_open else values >= low, values <= high)
-        checks.append(_assert_all(ok, values, name, interval))
+        checks.append(assert_rows(ok, values, name, interval))
     return checks
 
 
-def _assert_all(ok, values, name, interval):
-    """Asserts every row of `ok`; the message names the first failing row and its value."""
+def assert_rows(ok, values, name: str, interval: str, expected=None) -> tf.Operation:
+    """Asserts every row of `ok` [B]; the message (`knob_range_message`'s wording, or
+    "must be <interval>, <expected>") names the first failing row and its value."""
     row = tf.argmin(tf.cast(ok, tf.int32), output_type=tf.int32)
-    message = tf.strings.format(knob_range_message(name, interval, "{}", "{}"),
-                                (tf.gather(values, row), row))
+    if expected is None:
+        message = tf.strings.format(knob_range_message(name, interval, "{}", "{}"), (tf.gather(values, row), row))
+    else:
+        message = tf.strings.format(f"{name} must be {interval}, {{}} for prompt {{}}, got {{}}",
+                                    (tf.gather(expected, row), row, tf.gather(values, row)))
     return tf.debugging.Assert(tf.reduce_all(ok), [message])
+
 
 
 class Knobs(NamedTuple):

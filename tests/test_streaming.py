@@ -128,10 +128,11 @@ def test_top_p_nucleus_past_the_head_and_plain_knobs(exports):
     """p = 0.99 on a flat 74-token distribution needs more than the 64-token head."""
     _, model, _ = exports["word"]
     knobs = {**KNOBS, "p": [0.99] * 3, "temperature": [3.0] * 3}
-    for seed in (2, 3):
-        stream_matches_one_shot(model, "prompt", PROMPTS["word"], "top_p", **knobs, seed=[seed] * 3)
+    texts = [stream_matches_one_shot(model, "prompt", PROMPTS["word"], "top_p", **knobs, seed=[seed] * 3)
+             for seed in (2, 3)]
+    assert all(all(row) for row in texts) and texts[0] != texts[1]  # real texts, and the seed matters
     plain = {name: [value[0]] for name, value in KNOBS.items()}
-    stream_matches_one_shot(model, "prompt", ["the"], "sample", **plain, seed=[11])
+    assert stream_matches_one_shot(model, "prompt", ["the"], "sample", **plain, seed=[11])[0]
 
 
 def test_mixed_methods_in_one_batch_each_as_its_own_signature(exports):
