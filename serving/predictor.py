@@ -82,7 +82,7 @@ class Predictor:
         outputs (name -> numpy array); its exception is a ServingError."""
         started = time.perf_counter()
         if self._batcher is not None:
-            inner = self._batcher.submit((loaded.version, signature, id(loaded)), arrays)
+            inner = self._batcher.submit((loaded.version, signature), arrays)
         else:
             inner = self._threads.submit(self._run, loaded, signature, arrays)
             self._batch_ran((loaded.version, signature), len(next(iter(arrays.values()))))
@@ -117,7 +117,7 @@ class Predictor:
             release_free_memory()
 
     def _run_key(self, key, arrays: dict) -> dict:
-        version, signature, _ = key
+        version, signature = key
         loaded = self.versions.get(version)
         if loaded is None:
             raise NotFound(f"Servable not found: model {self.versions.name!r} has no version {version}")
