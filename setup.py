@@ -13,7 +13,8 @@ setup(
         "tensorflow>=2.21,<2.22",
         "tensorflow-text>=2.21,<2.22",
         "keras>=3.10,<4",
-        "mlflow>=3,<4",
+        "mlflow>=3.1,<4",
+        "psutil>=5.9,<8",  # MLflow's system metrics (CPU, memory) during training
         "apache-beam[tfrecord]>=2.77,<2.78",
         "tensorflow-serving-api>=2.21,<2.22",
         "grpcio>=1.60,<2",

@@ -105,8 +105,8 @@ def cmd_train(args, extra: list[str]) -> int:
     print(f"  valid ppl {m['valid_ppl']:.2f}, test ppl {m['test_ppl']:.2f} "
           f"({m['test_bits_per_token']:.3f} bits/token), {m['epochs']} epochs, "
           f"{m['param_count']:,} parameters")
-    print(f"  MLflow run {m['mlflow_run_id']} at {config.tracking.uri}"
-          + (f"; registered {m['registered_model']} v{m['registered_version']}" if "registered_version" in m else ""))
+    print(f"  MLflow run {m['mlflow_run_id']} at {config.tracking.uri}; lmpipe export registers it "
+          f"in {config.tracking.registered_model} (the SavedModel as an MLflow Model)")
     return 0
 
 
@@ -160,7 +160,11 @@ def _trained_model_dir(config, model_dir: str | None, dataset_dir: str | None = 
 
 
 def cmd_export(args, extra: list[str]) -> int:
+    """A new TF Serving version of the trained model, registered in MLflow as the same
+    SavedModel; or, with --from, a new TF Serving version of a registered version."""
     config = _load(args)
+    if args.source:
+        return _export_from_registry(config, args.source, args.check)
     model_dir = _trained_model_dir(config, args.model_dir)
     from serving.export import export_model
 
@@ -168,9 +172,29 @@ def cmd_export(args, extra: list[str]) -> int:
                           config.export.default_signature, config.export.max_new_tokens,
                           config.export.max_prompt_tokens, config.export.allow_unk)
     print(f"exported version {result.version}: {result.path}")
-    if args.check:
-        return _report_check(result.path)
-    return 0
+    code = _report_check(result.path) if args.check else 0
+    if args.register:
+        from serving.mlflow_model import register_export
+
+        version = register_export(config.tracking.uri, config.tracking.registered_model, result.path,
+                                  config.serve.max_batch_size, config.serve.compute_budget)
+        print(f"registered {version.name} v{version.version} ({version.source}): the same SavedModel as an "
+              f"MLflow Model; load it with mlflow.pyfunc.load_model('models:/{version.name}/{version.version}')")
+    return code
+
+
+def _export_from_registry(config, source: str, check: bool) -> int:
+    from serving.mlflow_model import export_from_registry
+    from trainer.registry import ModelRegistry
+
+    registry = ModelRegistry(config.tracking.uri, config.tracking.registered_model)
+    options = {"default_signature": config.export.default_signature, "max_new_tokens": config.export.max_new_tokens,
+               "max_prompt_tokens": config.export.max_prompt_tokens, "allow_unk": config.export.allow_unk}
+    version, result = export_from_registry(registry, source, config.export.base_path, config.export.model_name,
+                                           options)
+    how = "its SavedModel" if registry.is_mlflow_model(version) else "exported from its Keras model folder"
+    print(f"exported {version.name} v{version.version} as version {result.version} ({how}): {result.path}")
+    return _report_check(result.path) if check else 0
 
 
 def cmd_check_export(args, extra: list[str]) -> int:
@@ -227,11 +251,12 @@ def cmd_run(args, beam_args: list[str]) -> int:
 
     manifest = run_pipeline(config, beam_args)
     print(f"decision: {manifest['decision']} - {manifest.get('reason', '')}")
-    champion = manifest.get("registered_version") if manifest["decision"] in ("promoted", "nothing_new") \
-        else manifest.get("champion_before")
     if manifest.get("stable_version"):
-        print(f"  champion: {config.tracking.registered_model} v{champion}, served as export version "
-              f"{manifest['stable_version']} ({manifest['models_config']})")
+        print(f"  champion: {config.tracking.registered_model} v{manifest['champion_version']}, served as "
+              f"export version {manifest['stable_version']} ({manifest['models_config']})")
+    for key in ("champion_note", "deploy_problem"):
+        if manifest.get(key):
+            print(f"lmpipe: warning: {manifest[key]}", file=sys.stderr)
     print(f"  dataset: {manifest.get('dataset_dir')}  MLflow: {config.tracking.uri}")
     print(f"  manifest: {manifest.get('manifest_path')}")
     return manifest["exit_code"]
@@ -306,6 +331,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     ex.add_argument("--model-dir", help="a trained model folder (default: this config's run)")
     ex.add_argument("--no-check", dest="check", action="store_false",
                     help="skip the clean-process serving check")
+    ex.add_argument("--no-register", dest="register", action="store_false",
+                    help="do not log the export as an MLflow Model nor register it")
+    ex.add_argument("--from", dest="source", metavar="MODELS_URI",
+                    help="export a registered version instead: models:/<name>@<alias> or models:/<name>/<version>")
     handlers["export"] = cmd_export
 
     chk = sub.add_parser("check-export", help="prove an export runs without this project (TF Serving)")

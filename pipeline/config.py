@@ -243,6 +243,8 @@ class TrackingConfig(_Section):
     uri: str = "sqlite:///work/mlflow.db"
     experiment: str = Field("lmpipe", min_length=1)
     registered_model: str = Field("lmpipe-lm", min_length=1)
+    system_metrics: bool = True  # MLflow's system metrics (CPU, memory, disk) during training
+    system_metrics_interval_s: float = Field(10.0, gt=0)  # seconds between samples
 
 
 class ExportConfig(_Section):

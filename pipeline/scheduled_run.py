@@ -97,6 +97,8 @@ def _run_stages(config: PipelineConfig, beam_args, manifest: dict, stages: _Stag
     registry = ModelRegistry(config.tracking.uri, config.tracking.registered_model)
     champion = registry.version_with_alias("champion")
     champion_dir = registry.local_copy(champion) if champion is not None else None
+    if champion is not None and not registry.is_mlflow_model(champion):
+        manifest["champion_note"] = _old_version_note(config, champion)
     warm_dir, warm_note = _warm_start(config, dataset["dataset_dir"], champion_dir)
     start_from = champion.tags.get("run_key", "") if warm_dir else ""
     run_key = os.path.basename(run_dir_for(config, dataset["fingerprint"], start_from))
@@ -108,17 +110,24 @@ def _run_stages(config: PipelineConfig, beam_args, manifest: dict, stages: _Stag
         _deploy(config, registry, manifest)
         return
 
-    trained = stages.run("train", lambda: _train(config, dataset["dataset_dir"], warm_dir, registry))
-    manifest.update(mlflow_run_id=trained["mlflow_run_id"], registered_version=trained["version"],
-                    model_dir=trained["model_dir"])
+    trained = stages.run("train", lambda: _train(config, dataset["dataset_dir"], warm_dir))
+    manifest.update(mlflow_run_id=trained["mlflow_run_id"], model_dir=trained["model_dir"])
     report = stages.run("report", lambda: _report(config, trained))
     scores = stages.run("evaluate", lambda: _evaluate(config, trained, champion_dir, dataset["dataset_dir"], report))
-    exported = stages.run("export", lambda: _export(config, trained["model_dir"]))
-    decision = stages.run("promote", lambda: _promote(config, registry, trained, scores, exported))
+    exported = stages.run("export", lambda: _export(config, trained, scores, registry))
+    manifest.update(registered_version=exported["registered_version"])
+    decision = stages.run("promote", lambda: _promote(config, registry, exported["registered_version"], scores,
+                                                      exported))
     manifest.update(decision=decision["decision"], reason=decision["reason"],
                     exit_code=0 if decision["decision"] == "promoted" else EXIT_NOT_BETTER,
                     export_version=exported["version"], export_path=exported["path"])
     _deploy(config, registry, manifest)
+
+
+def _old_version_note(config, version) -> str:
+    return (f"{config.tracking.registered_model} v{version.version} was registered before MLflow models "
+            "(its source has no MLmodel): lmpipe reads its Keras model folder, but mlflow.pyfunc "
+            "and mlflow models serve cannot load it; the next promoted model is an MLflow model")
 
 
 def _preprocess(config, beam_args) -> dict:
@@ -148,25 +157,11 @@ def _warm_start(config, dataset_dir: str, champion_dir: str | None) -> tuple[str
     return champion_dir, "from the champion's weights"
 
 
-def _train(config, dataset_dir: str, warm_dir: str | None, registry) -> dict:
-    from trainer.registry import version_for_run
+def _train(config, dataset_dir: str, warm_dir: str | None) -> dict:
     from trainer.train_run import train_language_model
 
     result = train_language_model(config, dataset_dir, warm_start_dir=warm_dir)
-    run_id = result.metrics["mlflow_run_id"]
-    version = version_for_run(registry, run_id)
-    if version is None:  # registration was lost (tracking down at the end): do it now
-        source = f"{registry.client.get_run(run_id).info.artifact_uri}/model"
-        registry.client.log_artifacts(run_id, result.model_dir, "model")
-        try:
-            registry.client.get_registered_model(registry.name)
-        except Exception:  # noqa: BLE001 - absent: create it
-            registry.client.create_registered_model(registry.name)
-        version = registry.client.create_model_version(
-            registry.name, source, run_id=run_id,
-            tags={"test_ppl": f"{result.metrics['test_ppl']:.4f}", "run_key": result.metrics["run_key"],
-                  "fingerprint": result.metrics["fingerprint"]})
-    return {"model_dir": result.model_dir, "mlflow_run_id": run_id, "version": version.version,
+    return {"model_dir": result.model_dir, "mlflow_run_id": result.metrics["mlflow_run_id"],
             "test_ppl": result.metrics["test_ppl"], "skipped": result.skipped}
 
 
@@ -240,10 +235,13 @@ def _evaluate_bleu(trained: dict, champion_dir: str | None, dataset_dir: str, re
     return scores
 
 
-def _export(config, model_dir: str) -> dict:
+def _export(config, trained: dict, scores: dict, registry) -> dict:
+    """The TF Serving version of the new model (reused if an interrupted run wrote it), its
+    serving check, and its registered version: the same SavedModel as an MLflow Model."""
     from serving.check_export import check_export
     from serving.export import EXPORT_META, existing_versions, export_model
 
+    model_dir = trained["model_dir"]
     base = os.path.join(config.export.base_path, config.export.model_name)
     for version in existing_versions(base):  # exported by an earlier, interrupted run?
         meta_path = os.path.join(base, str(version), "assets.extra", EXPORT_META)
@@ -253,16 +251,34 @@ def _export(config, model_dir: str) -> dict:
     else:
         result = export_model(model_dir, config.export.base_path, config.export.model_name,
                               config.export.default_signature, config.export.max_new_tokens,
-                          config.export.max_prompt_tokens, config.export.allow_unk)
+                              config.export.max_prompt_tokens, config.export.allow_unk)
         version, path, reused = result.version, result.path, False
     report = check_export(path)
+    registered = _register(config, registry, trained, path, scores)
     return {"version": version, "path": path, "reused": reused, "check_ok": report["ok"],
-            "problems": report["problems"], "warmup_records": report.get("warmup_records", [])}
+            "problems": report["problems"], "warmup_records": report.get("warmup_records", []),
+            "registered_version": registered.version, "model_uri": registered.source}
 
 
-def _promote(config, registry, trained: dict, scores: dict, exported: dict) -> dict:
-    version = trained["version"]
-    registry.set_tag(version, "export_version", str(exported["version"]))
+def _register(config, registry, trained: dict, export_path: str, scores: dict):
+    """The registered version of the training run (found again after an interrupted run):
+    the export logged as an MLflow Model, linked to its metrics."""
+    from serving.mlflow_model import register_export
+    from trainer.registry import version_for_run
+    from trainer.tracking import MODEL_ARTIFACT
+
+    found = version_for_run(registry, trained["mlflow_run_id"])
+    if found is not None and found.tags.get("export_path") == os.path.abspath(export_path):
+        return found
+    run_id = trained["mlflow_run_id"]
+    if not registry.client.list_artifacts(run_id, MODEL_ARTIFACT):  # lost while tracking was down
+        registry.client.log_artifacts(run_id, trained["model_dir"], MODEL_ARTIFACT)
+    extra = {scores["metric"]: scores["new"]} if scores["metric"] != "test_ppl" else {}
+    return register_export(config.tracking.uri, config.tracking.registered_model, export_path,
+                           config.serve.max_batch_size, config.serve.compute_budget, extra)
+
+
+def _promote(config, registry, version: str, scores: dict, exported: dict) -> dict:
     metric, champion, new = scores["metric"], scores["champion"], scores["new"]
     registry.set_tag(version, metric, f"{new:.4f}")
     margin = config.promote.min_improvement
@@ -290,8 +306,12 @@ def _deploy(config, registry, manifest: dict) -> None:
     from serving.serving_config import prune_versions, write_models_config, write_serving_files
 
     champion = registry.version_with_alias("champion")
-    stable = int(champion.tags["export_version"]) if champion and "export_version" in champion.tags else None
-    if stable is None:
+    if champion is None:
+        return
+    manifest["champion_version"] = champion.version
+    stable, problem = _champion_export(config, champion)
+    if problem is not None:  # models.config keeps serving what it served
+        manifest["deploy_problem"] = problem
         return
     canary = None
     challenger = registry.version_with_alias("challenger")
@@ -304,6 +324,21 @@ def _deploy(config, registry, manifest: dict) -> None:
     manifest["stable_version"], manifest["canary_version"] = stable, canary
     base = os.path.join(config.export.base_path, config.export.model_name)
     manifest["pruned_versions"] = prune_versions(base, config.export.keep_versions, {stable, canary} - {None})
+
+
+def _champion_export(config, champion) -> tuple[int | None, str | None]:
+    """(the TF Serving version of the champion, None), or (None, why it has none): the
+    champion alias, however it was set (by a run or by hand in MLflow), names `stable`."""
+    name = config.tracking.registered_model
+    fix = f"write one with: lmpipe export --from models:/{name}@champion"
+    if "export_version" not in champion.tags:
+        return None, f"champion {name} v{champion.version} has no TF Serving export (no export_version tag); {fix}"
+    stable = int(champion.tags["export_version"])
+    folder = os.path.join(config.export.base_path, config.export.model_name, str(stable))
+    if not os.path.isdir(folder):
+        return None, (f"champion {name} v{champion.version} names export version {stable}, which is not in "
+                      f"{os.path.dirname(folder)} (pruned or deleted); {fix}")
+    return stable, None
 
 
 def _write_manifest(config, manifest: dict) -> None:

@@ -99,6 +99,20 @@ def _write_meta(folder, model_dir, signatures, **options) -> None:
         json.dump(meta, f, indent=2)
 
 
+def publish_copy(saved_model: str, model_base: str) -> ExportResult:
+    """Copies a SavedModel folder (e.g. a registered version's) in as the next version,
+    through a hidden temporary folder like `export_model`."""
+    if not os.path.exists(os.path.join(saved_model, "saved_model.pb")):
+        raise InputDataError(f"{saved_model} holds no saved_model.pb; it is not a SavedModel")
+    os.makedirs(model_base, exist_ok=True)
+    tmp = os.path.join(model_base, f".tmp-{uuid.uuid4().hex[:12]}")
+    try:
+        shutil.copytree(saved_model, tmp)
+        return _publish(tmp, model_base)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _publish(tmp: str, model_base: str) -> ExportResult:
     """Renames `tmp` to the next free version; retries if a concurrent export took it."""
     for _ in range(100):

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -74,6 +75,78 @@ def session_path_signatures(export_dir):
         ran.append(name)
     session.close()
     return ran
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` on a free port of 127.0.0.1 (SQLite backend, its own artifact
+    store): (URI, process)."""
+    port = free_ports()[0]
+    mlflow_bin = os.path.join(os.path.dirname(sys.executable), "mlflow")
+    proc = subprocess.Popen(
+        [mlflow_bin, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+         "--artifacts-destination", str(tmp_path / "server-artifacts")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(uri + "/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("mlflow server did not start in 90 s")
+    yield uri, proc
+    if proc.poll() is None:
+        os.killpg(proc.pid, 9)
+        proc.wait()
+
+
+PYFUNC_CHILD = r"""
+import importlib.abc, json, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"pipeline", "trainer", "serving"}:
+            raise ImportError(f"{name} is not importable here")
+sys.meta_path.insert(0, Block())
+import mlflow
+uri, texts, calls = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+model = mlflow.pyfunc.load_model(uri)
+print("ANSWERS " + json.dumps([model.predict(texts, params=params)["text"].tolist() for params in calls]))
+"""
+
+
+def pyfunc_in_clean_process(model_uri, tracking_uri, texts, calls):
+    """`mlflow.pyfunc.load_model(model_uri).predict(texts, params=p)["text"]` for each p of
+    `calls`, in a `python -I` process where this project's packages cannot be imported."""
+    import json
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    out = subprocess.run([sys.executable, "-I", "-c", PYFUNC_CHILD, model_uri, json.dumps(texts), json.dumps(calls)],
+                         capture_output=True, text=True, timeout=300, env=env, cwd="/")
+    answers = [line for line in out.stdout.splitlines() if line.startswith("ANSWERS ")]
+    assert out.returncode == 0 and answers, f"the clean process failed (rc {out.returncode}): {out.stderr[-3000:]}"
+    return json.loads(answers[0][len("ANSWERS "):])
+
+
+def session_texts(export_dir, signature, texts, **knobs):
+    """The `text` output of `signature` for `texts` in TF Serving's Session path, every knob
+    at its default unless given (as the pyfunc model fills them); beams: the best."""
+    from serving.knobs import KNOB_SPECS
+    from serving.saved_model_session import SessionModel
+
+    session = SessionModel(str(export_dir))
+    text_input = "source" if "source" in session.input_dtypes(signature) else "prompt"
+    values = {**{k: default for k, (_, default) in KNOB_SPECS.items()}, **knobs}
+    inputs = {name: [values[name]] * len(texts) for name in session.input_dtypes(signature) if name != text_input}
+    inputs[text_input] = [t.encode() for t in texts]
+    out = session.run(signature, inputs)["text"]
+    session.close()
+    return [t.decode() for t in (out if out.ndim == 1 else out[:, 0])]
 
 
 def die_at_call(trainer, call):

@@ -1,45 +1,15 @@
-"""Training against a real `mlflow server` on 127.0.0.1 (SQLite backend), over HTTP."""
+"""Training and registering against a real `mlflow server` on 127.0.0.1 (SQLite backend),
+over HTTP (the `mlflow_server` fixture of conftest)."""
 
 import json
 import os
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 from mlflow import MlflowClient
 
 from pipeline.cli import main
 
-from conftest import free_ports, write
-
-
-@pytest.fixture
-def mlflow_server(tmp_path):
-    port = free_ports()[0]
-    mlflow_bin = os.path.join(os.path.dirname(sys.executable), "mlflow")
-    proc = subprocess.Popen(
-        [mlflow_bin, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
-         "--artifacts-destination", str(tmp_path / "server-artifacts")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(uri + "/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("mlflow server did not start in 90 s")
-    yield uri, proc
-    if proc.poll() is None:
-        os.killpg(proc.pid, 9)
-        proc.wait()
+from conftest import free_ports, pyfunc_in_clean_process, session_texts, write
 
 
 def _corpus_args(tmp_path, uri, *extra):
@@ -51,7 +21,8 @@ def _corpus_args(tmp_path, uri, *extra):
             "--set", "train.batch_size=4", "--set", "train.bptt=8", "--set", "train.epochs=2",
             "--set", "train.optimizer=adam", "--set", "train.learning_rate=0.01",
             "--set", f"tracking.uri={uri}", "--set", "tracking.experiment=it",
-            "--set", "tracking.registered_model=tiny-lm", *extra]
+            "--set", "tracking.registered_model=tiny-lm", "--set", f"export.base_path={tmp_path / 'export'}",
+            "--set", "tracking.system_metrics_interval_s=0.2", *extra]
 
 
 @pytest.mark.slow
@@ -74,9 +45,28 @@ def test_train_logs_run_metrics_artifacts_and_version_over_http(tmp_path, mlflow
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
     assert {"model/model.weights.h5", "model/model_config.json", "model/vocab.txt",
             "model/learning_curves.png", "model/stats.json"} <= artifacts
-    version = client.get_model_version("tiny-lm", metrics["registered_version"])
-    assert version.run_id == run.info.run_id
+    inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+    fingerprint = metrics["fingerprint"]
+    assert sorted(inputs) == sorted(f"{fingerprint[:16]}-{s}" for s in ("test", "train", "valid"))
+    assert {d.dataset.digest for d in inputs.values()} == {fingerprint[:36]}
+    assert [t.value for t in inputs[f"{fingerprint[:16]}-train"].tags] == ["training"]
+    stats = json.load(open(os.path.join(metrics["dataset_dir"], "stats.json")))
+    profile = json.loads(inputs[f"{fingerprint[:16]}-valid"].dataset.profile)
+    assert profile["lines"] == stats["splits"]["valid"]["lines"] and profile["vocab_size"] == stats["vocab_size"]
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(run.data.metrics)
+    assert not client.search_model_versions("name='tiny-lm'")  # the export registers, not the training
+
+    assert main(["export", "--no-check", *args]) == 0
+    (version,) = client.search_model_versions("name='tiny-lm'")
+    assert version.run_id == run.info.run_id and version.source.startswith("models:/m-")
+    assert version.tags["export_path"] == str(tmp_path / "export" / "lm" / "1")
+    assert version.tags["export_version"] == "1"
     assert float(version.tags["test_ppl"]) == pytest.approx(metrics["test_ppl"], rel=1e-3)
+    calls = [{"method": "greedy", "max_new_tokens": 6}, {"method": "top_p", "p": 0.8, "seed": 3}]
+    answers = pyfunc_in_clean_process("models:/tiny-lm/1", uri, ["the cat", "on the"], calls)
+    export = tmp_path / "export" / "lm" / "1"
+    assert answers == [session_texts(export, "greedy", ["the cat", "on the"], max_new_tokens=6),
+                       session_texts(export, "top_p", ["the cat", "on the"], p=0.8, seed=3)]
 
 
 @pytest.mark.slow
@@ -98,7 +88,7 @@ def test_server_lost_mid_run_training_goes_on(tmp_path, mlflow_server, capsys, m
     assert main(["train", *args]) == 0
     (run_dir,) = os.listdir(tmp_path / "train")
     metrics = json.load(open(tmp_path / "train" / run_dir / "model" / "metrics.json"))
-    assert metrics["epochs"] == 3 and "registered_version" not in metrics
+    assert metrics["epochs"] == 3
     assert f"MLflow at {uri} failed to log metrics" in capsys.readouterr().err
 
 

@@ -1,18 +1,21 @@
-"""MLflow at the trainer's edge: one run per training, params, metrics, artifacts, registry.
+"""MLflow at the trainer's edge: one run per training, its params, metrics, datasets,
+system metrics and artifacts (the Keras model folder as the `model` artifact).
 
 Model code never imports mlflow; only this module does. An unreachable tracking server at
 start is an error naming the URI; one lost mid-run only costs warnings: training goes on
 and every local output is kept.
 
 Example:
-    >>> tracker = RunTracker("sqlite:///work/mlflow.db", "lmpipe")
+    >>> tracker = RunTracker("sqlite:///work/mlflow.db", "lmpipe", system_metrics_interval_s=10)
     >>> run_id = tracker.start("lm-3f9c", params={"model.cell": "lstm"}, tags={})
+    >>> tracker.log_datasets("work/data/3f9c...", stats)   # train, valid, test: MLflow dataset inputs
     >>> tracker.log_metrics({"valid_ppl": 120.5}, step=1)
     >>> tracker.end()
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import urllib.error
@@ -27,12 +30,49 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
 
 import mlflow  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
+from mlflow.data.dataset_source_registry import get_dataset_source_from_json, resolve_dataset_source  # noqa: E402
+from mlflow.data.meta_dataset import MetaDataset  # noqa: E402
+from mlflow.entities import DatasetInput, InputTag  # noqa: E402
+
+MODEL_ARTIFACT = "model"  # the run's artifact folder holding the Keras model folder
+SPLIT_CONTEXTS = {"train": "training", "valid": "validation", "test": "testing"}
+
+
+class SplitDataset(MetaDataset):
+    """One split of a dataset folder as an MLflow dataset: named `<fingerprint[:16]>-<split>`,
+    its digest the dataset's fingerprint, its profile the split's counts from stats.json.
+
+    Example:
+        >>> SplitDataset("work/data/3f9c...", stats, "valid").to_dict()["profile"]
+        '{"split": "valid", "kind": "text", "tokenizer": "word", "vocab_size": 7336, "lines": 887, ...}'
+    """
+
+    def __init__(self, dataset_dir: str, stats: dict, split: str) -> None:
+        fingerprint = stats["fingerprint"]
+        self._profile = {"split": split, "kind": stats.get("kind", "text"), "tokenizer": stats.get("tokenizer"),
+                         **{k: stats[k] for k in ("vocab_size", "vocab") if k in stats},
+                         **stats.get("splits", {}).get(split, {})}
+        super().__init__(_dataset_source(dataset_dir), name=f"{fingerprint[:16]}-{split}", digest=fingerprint[:36])
+
+    @property
+    def profile(self) -> dict:
+        return self._profile
+
+    def to_dict(self) -> dict[str, str]:
+        return {**super().to_dict(), "profile": json.dumps(self._profile)}
 
 
 class TrackingError(LmpipeError):
     """The MLflow tracking URI cannot be used."""
 
     exit_code = 4
+
+
+def _dataset_source(dataset_dir: str):
+    """MLflow's source for a dataset folder: local, or the artifact store its URI names (gs://...)."""
+    if "://" in dataset_dir:
+        return resolve_dataset_source(dataset_dir)
+    return get_dataset_source_from_json(json.dumps({"uri": os.path.abspath(dataset_dir)}), source_type="local")
 
 
 def check_tracking_uri(uri: str) -> None:
@@ -54,9 +94,13 @@ def check_tracking_uri(uri: str) -> None:
 class RunTracker:
     """One MLflow run; after `start`, every call degrades to a warning on failure."""
 
-    def __init__(self, uri: str, experiment: str) -> None:
+    def __init__(self, uri: str, experiment: str, system_metrics_interval_s: float | None = None) -> None:
+        """`system_metrics_interval_s`: sample CPU, memory and disk into the run's `system/`
+        metrics this often while it runs (None: off)."""
         check_tracking_uri(uri)
         self.uri = uri
+        self.system_metrics_interval_s = system_metrics_interval_s
+        self._monitor = None
         self.client = MlflowClient(uri)
         try:
             self.experiment_id = self._experiment(experiment)
@@ -81,14 +125,34 @@ class RunTracker:
         if run_id is not None:
             self.client.update_run(run_id, status="RUNNING")
             self.run_id = run_id
-            return run_id
-        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
-        self.run_id = run.info.run_id
-        items = list(params.items())
-        for i in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, params=[
-                mlflow.entities.Param(k, str(v)[:6000]) for k, v in items[i:i + 100]])
+        else:
+            run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+            self.run_id = run.info.run_id
+            items = list(params.items())
+            for i in range(0, len(items), 100):
+                self.client.log_batch(self.run_id, params=[
+                    mlflow.entities.Param(k, str(v)[:6000]) for k, v in items[i:i + 100]])
+        self._start_system_metrics(resumed=run_id is not None)
         return self.run_id
+
+    def _start_system_metrics(self, resumed: bool) -> None:
+        if self.system_metrics_interval_s is None:
+            return
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        def start():
+            self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=self.system_metrics_interval_s,
+                                                 resume_logging=resumed, tracking_uri=self.uri)
+            self._monitor.start()
+
+        self._safe("start system metrics", start)
+
+    def log_datasets(self, dataset_dir: str, stats: dict) -> None:
+        """The train, valid and test splits as the run's dataset inputs (`SplitDataset`)."""
+        inputs = [DatasetInput(SplitDataset(dataset_dir, stats, split)._to_mlflow_entity(),
+                               tags=[InputTag("mlflow.data.context", context)])
+                  for split, context in SPLIT_CONTEXTS.items()]
+        self._safe("log the datasets", lambda: self.client.log_inputs(self.run_id, datasets=inputs))
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         self._safe("log metrics", lambda: self.client.log_batch(self.run_id, metrics=[
@@ -97,20 +161,10 @@ class RunTracker:
     def log_artifacts(self, local_dir: str, artifact_path: str | None = None) -> None:
         self._safe("log artifacts", lambda: self.client.log_artifacts(self.run_id, local_dir, artifact_path))
 
-    def register(self, name: str, artifact_path: str, tags: dict[str, str]) -> str | None:
-        """A new version of registered model `name` pointing at the run's artifacts."""
-
-        def create():
-            try:
-                self.client.get_registered_model(name)
-            except mlflow.exceptions.MlflowException:
-                self.client.create_registered_model(name)
-            source = f"{self.client.get_run(self.run_id).info.artifact_uri}/{artifact_path}"
-            return self.client.create_model_version(name, source, run_id=self.run_id, tags=tags).version
-
-        return self._safe("register the model", create)
-
     def end(self, status: str = "FINISHED") -> None:
+        if self._monitor is not None:
+            self._safe("finish system metrics", self._monitor.finish)
+            self._monitor = None
         self._safe("end the run", lambda: self.client.set_terminated(self.run_id, status))
 
     def _safe(self, what: str, fn):

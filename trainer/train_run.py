@@ -11,9 +11,14 @@ The finished model is written to `<run dir>/model/` under a temporary name first
     model/vocab.txt, tokenizer.json, stats.json   the dataset's, for export
 
 Example:
+The MLflow run records the params, per-epoch metrics, the dataset's splits as inputs,
+system metrics and the model folder (artifact `model`). The model is registered when it
+is exported (`serving.mlflow_model.register_export`: the registry holds the SavedModel).
+
+Example:
     >>> result = train_language_model(config, "work/data/3f9c...")
-    >>> result.metrics["test_ppl"], result.registered_version
-    (118.4, '3')
+    >>> result.metrics["test_ppl"], result.metrics["mlflow_run_id"]
+    (118.4, '9b1d...')
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from trainer.language_model import build_language_model
 from trainer.pairs_data import load_pairs
 from trainer.seq2seq_model import build_seq2seq_model
 from trainer.seq2seq_training import Seq2SeqTrainer
-from trainer.tracking import RunTracker
+from trainer.tracking import MODEL_ARTIFACT, RunTracker
 from trainer.training import Trainer, is_chief
 
 MODEL_DIR = "model"
@@ -132,7 +137,8 @@ def train_language_model(config: PipelineConfig, dataset_dir: str, verbose: bool
             f"{global_batch} (train.batch_size={config.train.batch_size} x "
             f"{strategy.num_replicas_in_sync} replicas); lower the batch size or add text")
     chief = is_chief(strategy)  # only the chief tracks (and checks the server first)
-    tracker = RunTracker(config.tracking.uri, config.tracking.experiment) if chief else None
+    interval = config.tracking.system_metrics_interval_s if config.tracking.system_metrics else None
+    tracker = RunTracker(config.tracking.uri, config.tracking.experiment, interval) if chief else None
     os.makedirs(run_dir, exist_ok=True)
     model_config = model_config_for(config, stats)
     keras.utils.set_random_seed(config.train.seed)  # the same config gives the same initial weights
@@ -151,6 +157,7 @@ def train_language_model(config: PipelineConfig, dataset_dir: str, verbose: bool
     params = {**flatten_config(config), "param_count": model.count_params(), "dataset_dir": dataset_dir}
     name = "seq2seq" if seq2seq else config.model.cell
     run_id = tracker.start(f"{name}-{os.path.basename(run_dir)}", params, _tags(stats), run_id)
+    tracker.log_datasets(dataset_dir, stats)
     _write_text(os.path.join(run_dir, _RUN_ID_FILE), run_id)
     slow = precision_warning(config.train.precision)
     if slow:
@@ -187,15 +194,8 @@ def train_language_model(config: PipelineConfig, dataset_dir: str, verbose: bool
     _write_model_dir(model_dir, model, model_config, metrics, history, dataset_dir)
     tracker.log_metrics({"test_ppl": test.perplexity, "test_loss": test.loss,
                          "test_bits_per_token": test.bits_per_token, "best_valid_ppl": valid.perplexity})
-    tracker.log_artifacts(model_dir, MODEL_DIR)
-    version = tracker.register(config.tracking.registered_model, MODEL_DIR,
-                               {"test_ppl": f"{test.perplexity:.4f}", "fingerprint": stats["fingerprint"],
-                                "run_key": os.path.basename(run_dir)})
+    tracker.log_artifacts(model_dir, MODEL_ARTIFACT)
     tracker.end()
-    if version is not None:
-        metrics["registered_model"] = config.tracking.registered_model
-        metrics["registered_version"] = version
-        _write_text(os.path.join(model_dir, METRICS), json.dumps(metrics, indent=2) + "\n")
     return TrainResult(run_dir, model_dir, metrics, False)
 
 
