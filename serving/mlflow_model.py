@@ -61,10 +61,11 @@ def read_export_meta(export_path: str) -> dict:
 
 def param_defaults(meta: dict) -> dict:
     """Every inference param and its default: the export's default method and the knobs'
-    defaults (as `lmpipe serve` fills them)."""
-    return {"method": meta["default_signature"],
-            **{name: (float(default) if dtype.is_floating else int(default))
-               for name, (dtype, default) in KNOB_SPECS.items()}}
+    defaults (as `lmpipe serve`'s clients fill them), max_new_tokens within the export's cap."""
+    defaults = {name: (float(default) if dtype.is_floating else int(default))
+                for name, (dtype, default) in KNOB_SPECS.items()}
+    defaults["max_new_tokens"] = min(defaults["max_new_tokens"], int(meta["max_new_tokens"]))
+    return {"method": meta["default_signature"], **defaults}
 
 
 def model_signature(meta: dict) -> ModelSignature:
