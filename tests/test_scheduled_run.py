@@ -89,6 +89,10 @@ def test_new_data_is_promoted_only_when_better(tmp_path):
     assert str(registry.get_model_version_by_alias("lm", "champion").version) == "3"
     config = read_models_config(str(tmp_path / "export"))
     assert config["labels"] == {"stable": 3} and config["versions"] == [3]
+    # The promotion moved both: the registry's champion is the export that `stable` labels.
+    champion = registry.get_model_version_by_alias("lm", "champion")
+    assert champion.tags["export_version"] == "3" and champion.tags["export_path"] == str(tmp_path / "export" / "lm" / "3")
+    assert champion.source.startswith("models:/m-")
     # lmpipe serve on the base path (with the models.config beside it) serves the champion.
     served = ModelVersions(str(tmp_path / "export" / "lm"), config_dir=str(tmp_path / "export")).start()
     try:
