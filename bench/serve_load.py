@@ -1,5 +1,7 @@
 """The load part of bench/serve.py: concurrent clients against `lmpipe serve`, batching off
-and on, over REST and gRPC, in one run; and the time to the first streamed token (SSE).
+and on, over REST and gRPC, in one run; and the time to the first streamed token over
+SSE (`:generate_stream`) and over gRPC (Predict on `stream_start`, as on TF Serving),
+each against one token's time: a lone 64-token request's latency on the same API / 64.
 
 Each of 1, 4, 16 and 64 clients sends one-prompt greedy requests for exactly 64 new
 tokens (min = max), one after another; printed per configuration: tokens/s over the
@@ -50,16 +52,44 @@ def drive(make_client, clients: int, requests_each: int) -> dict:
             "p99": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]}
 
 
-def first_token(client, repeats: int = 10) -> dict:
-    """Time to the first streamed token (lmpipe serve's SSE) against the whole request."""
+def first_token(events, repeats: int = 10) -> dict:
+    """Time to the first streamed token against the whole stream (medians); `events()`
+    starts one stream of TOKENS greedy tokens and yields its events."""
     firsts, wholes = [], []
-    for _ in range(repeats):
+    for _ in range(repeats + 1):  # the first stream warms up
         started = time.perf_counter()
-        for event in client.stream_sse(["w1 w2 w3"], "greedy", max_new_tokens=TOKENS, min_new_tokens=TOKENS):
-            if "piece" in event and len(firsts) < len(wholes) + 1:
-                firsts.append(time.perf_counter() - started)
+        first = None
+        for event in events():
+            if "piece" in event and first is None:
+                first = time.perf_counter() - started
+        firsts.append(first)
         wholes.append(time.perf_counter() - started)
-    return {"first": statistics.median(firsts), "whole": statistics.median(wholes)}
+    return {"first": statistics.median(firsts[1:]), "whole": statistics.median(wholes[1:])}
+
+
+def grpc_stream_start(port: int, repeats: int = 10) -> float:
+    """The first token over TF Serving's own door: one Predict on `stream_start` through
+    PredictionServiceStub, as a TF Serving user streams (its answer holds token and piece);
+    the median seconds."""
+    import grpc
+    import tensorflow as tf
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_service_pb2_grpc
+
+    from serving.knobs import KNOB_SPECS
+    from serving.stream import stream_start_inputs
+
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+    request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name="lm", signature_name="stream_start"))
+    inputs = stream_start_inputs(["w1 w2 w3"], "greedy", max_new_tokens=TOKENS, min_new_tokens=TOKENS)
+    dtypes = {"prompt": tf.string, "method": tf.int32, **{k: v[0] for k, v in KNOB_SPECS.items()}}
+    for name, values in inputs.items():
+        request.inputs[name].CopyFrom(tf.make_tensor_proto(values, dtype=dtypes[name]))
+    seconds = []
+    for _ in range(repeats + 1):
+        started = time.perf_counter()
+        stub.Predict(request, timeout=60)
+        seconds.append(time.perf_counter() - started)
+    return statistics.median(seconds[1:])
 
 
 def run_load(start_server, timeout_micros: int = 10_000, threads: int = 1, clients_list=CLIENTS,
@@ -72,13 +102,26 @@ def run_load(start_server, timeout_micros: int = 10_000, threads: int = 1, clien
         try:
             addresses = {"rest": url.split("/v1/")[0], "grpc": f"grpc://127.0.0.1:{server.grpc_port}"}
             if not batching:
-                client = connect(addresses["rest"], "lm")
-                lone = drive(lambda: client, 1, 10)["p50"]
-                ttft = first_token(client)
-                print(f"  streaming (SSE, batching off): first token after {ttft['first'] * 1e3:.1f} ms = "
-                      f"{ttft['first'] / (lone / TOKENS):.2f}x one token's time ({lone / TOKENS * 1e3:.2f} ms, "
-                      f"from a lone {TOKENS}-token request); the whole stream {ttft['whole'] * 1e3:.0f} ms = "
-                      f"{ttft['whole'] / lone:.2f}x the one-shot request ({lone * 1e3:.0f} ms)")
+                print(f"  streaming, batching off; one token's time = a lone {TOKENS}-token greedy request's "
+                      f"latency / {TOKENS} (median of 10), on the same API of the same server, measured just before:")
+                rest, grpc_client = connect(addresses["rest"], "lm"), connect(addresses["grpc"], "lm")
+                knobs = {"max_new_tokens": TOKENS, "min_new_tokens": TOKENS}
+                for door, client, events in [
+                        ("SSE :generate_stream", rest, lambda: rest.stream_sse(["w1 w2 w3"], "greedy", **knobs)),
+                        ("gRPC stream_start/next", grpc_client,
+                         lambda: grpc_client.stream(["w1 w2 w3"], "greedy", **knobs))]:
+                    drive(lambda: client, 1, 3)
+                    lone = drive(lambda: client, 1, 10)["p50"]
+                    ttft = first_token(events)
+                    line = (f"    {door:22s} first token {ttft['first'] * 1e3:5.2f} ms = "
+                            f"{ttft['first'] / (lone / TOKENS):4.2f}x one token's time ({lone / TOKENS * 1e3:.3f} ms; "
+                            f"lone request {lone * 1e3:.1f} ms); the whole stream {ttft['whole'] * 1e3:.0f} ms = "
+                            f"{ttft['whole'] / lone:.2f}x the lone request")
+                    if door.startswith("gRPC"):
+                        bare = grpc_stream_start(server.grpc_port)
+                        line += (f"\n    {'gRPC Predict stream_start':22s} first token {bare * 1e3:5.2f} ms = "
+                                 f"{bare / (lone / TOKENS):4.2f}x (PredictionServiceStub, one call, as on TF Serving)")
+                    print(line)
             for api, address in [(a, addresses[a]) for a in apis]:
                 def make_client(address=address):
                     return connect(address, "lm")

@@ -13,9 +13,7 @@ from __future__ import annotations
 import http.client
 import json
 import threading
-import urllib.error
 import urllib.parse
-import urllib.request
 
 from serving.generation_module import SIGNATURE_KNOBS
 from serving.knobs import KNOB_SPECS
@@ -99,18 +97,17 @@ class ServingClient:
 
     def stream_sse(self, prompts: list[str], method: str = "top_p", **knobs):
         """The same events from `lmpipe serve`'s `:generate_stream` (Server-Sent Events, one
-        HTTP response); ServingError where the server has no such endpoint (TF Serving)."""
+        HTTP response on this thread's kept-alive connection, which the stream holds until it
+        ends); ServingError where the server has no such endpoint (TF Serving)."""
         body = {"signature_name": method,
                 "instances": request_instances(prompts, method, self.prompt_input(method), **knobs)}
-        req = urllib.request.Request(self.base + ":generate_stream", data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+        connection, response = self._send("POST", self.base + ":generate_stream", json.dumps(body).encode())
+        self._local.connection = None  # held by this stream: other calls meanwhile open their own
+        if response.status >= 400:
+            error = ServingError(response.status, _error_message(response.read().decode("utf-8", errors="replace")))
+            self._local.connection = connection
+            raise error
         try:
-            response = urllib.request.urlopen(req, timeout=self.timeout)
-        except urllib.error.HTTPError as err:
-            raise _serving_error(err) from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
-            raise ServerUnreachable(f"cannot reach the model server at {self.url}: {getattr(err, 'reason', err)}") from None
-        with response:
             event = "message"
             for raw in response:
                 line = raw.decode("utf-8").rstrip("\n")
@@ -122,6 +119,11 @@ class ServingClient:
                         raise ServingError(400, data["error"])
                     yield data
                     event = "message"
+        finally:
+            if response.isclosed():  # read to its end: the connection serves the next call
+                self._local.connection = connection
+            else:  # left mid-stream (an error, or the caller stopped)
+                connection.close()
 
     def score(self, texts: list[str]) -> list[dict]:
         return self.predict("score", [{"text": t} for t in texts])["predictions"]
@@ -130,22 +132,31 @@ class ServingClient:
         """One request on this thread's kept-alive connection (a fresh one if the server
         closed it meanwhile)."""
         data = json.dumps(body).encode() if body is not None else None
+        connection, response = self._send(method, url, data)
+        try:
+            payload = response.read()
+        except (OSError, http.client.HTTPException) as err:
+            connection.close()
+            self._local.connection = None
+            raise ServerUnreachable(f"cannot reach the model server at {self.url}: {err}") from None
+        if response.status >= 400:
+            raise ServingError(response.status, _error_message(payload.decode("utf-8", errors="replace")))
+        return json.loads(payload)
+
+    def _send(self, method: str, url: str, data: bytes | None):
+        """Sends one request on this thread's kept-alive connection (a fresh one if the
+        server closed it meanwhile): (connection, response with its headers read)."""
         path = urllib.parse.urlsplit(url).path
         for attempt in (1, 2):
             connection, reused = self._connection()
             try:
                 connection.request(method, path, body=data, headers={"Content-Type": "application/json"})
-                response = connection.getresponse()
-                payload = response.read()
-                break
+                return connection, connection.getresponse()
             except (OSError, http.client.HTTPException) as err:
                 connection.close()
                 self._local.connection = None
                 if not (reused and attempt == 1):
                     raise ServerUnreachable(f"cannot reach the model server at {self.url}: {err}") from None
-        if response.status >= 400:
-            raise ServingError(response.status, _error_message(payload.decode("utf-8", errors="replace")))
-        return json.loads(payload)
 
     def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
         """(this thread's connection, whether it served a request before)."""
@@ -156,10 +167,6 @@ class ServingClient:
         kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
         self._local.connection = kind(parts.hostname, parts.port, timeout=self.timeout)
         return self._local.connection, False
-
-
-def _serving_error(err: urllib.error.HTTPError) -> ServingError:
-    return ServingError(err.code, _error_message(err.read().decode("utf-8", errors="replace")))
 
 
 def _error_message(text: str) -> str:

@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import tensorflow as tf
@@ -182,13 +183,17 @@ class PerRowStrategy:
     def __init__(self, method) -> None:
         self.method = tf.convert_to_tensor(method, tf.int32)
         self.strategies = [get_strategy(name) for name in STREAM_METHODS]
+        # Each strategy's rows as one never-inlined call: a branch not taken is then one dead
+        # node, not the strategy's whole graph (a stream call runs one method, most often).
+        self._calls = [tf.function(functools.partial(_select_rows, strategy), autograph=False,
+                                   experimental_attributes={"_noinline": True}) for strategy in self.strategies]
 
     def select(self, logits, knobs: Knobs, u) -> tf.Tensor:
         token = tf.zeros([tf.shape(logits)[0]], tf.int32)
-        for index, strategy in enumerate(self.strategies):
+        for index, call in enumerate(self._calls):
             rows = tf.where(tf.equal(self.method, index))[:, 0]
             token = tf.cond(tf.size(rows) > 0,
-                            lambda s=strategy, r=rows, tok=token: _select_rows(s, r, tok, logits, knobs, u),
+                            lambda c=call, r=rows, tok=token: c(r, tok, logits, knobs, u),
                             lambda tok=token: tok)
         return token
 

@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from serving.batching import Batcher, BatchingParameters
-from serving.memory import release_free_memory
+from serving.memory import release_free_memory_if_grown
 from serving.metrics import ServingMetrics
 from serving.model_versions import LoadedVersion, ModelVersions
 from serving.rest_api import BadRequest, NotFound, ServingError, check_request, graph_error
@@ -105,16 +105,14 @@ class Predictor:
         self.metrics.request(self.versions.name, loaded.version, signature, api, status, time.perf_counter() - started)
         if err is not None:
             outer.set_exception(err)
-            return
-        outputs = done.result()
-        self.metrics.generated(self.versions.name, loaded.version, signature, outputs)
-        outer.set_result(outputs)
+        else:
+            outputs = done.result()
+            self.metrics.generated(self.versions.name, loaded.version, signature, outputs)
+            outer.set_result(outputs)
+        release_free_memory_if_grown()  # after the answer is out, and only after growth (serving.memory)
 
     def _run(self, loaded: LoadedVersion, signature: str, arrays: dict) -> dict:
-        try:
-            return loaded.model.run(signature, arrays)
-        finally:
-            release_free_memory()
+        return loaded.model.run(signature, arrays)
 
     def _run_key(self, key, arrays: dict) -> dict:
         version, signature = key

@@ -157,12 +157,13 @@ def create_app(predictor: Predictor) -> FastAPI:
         try:
             raw = await _read_body(request, limits.max_request_bytes)
             prepare = functools.partial(_prepare, request, name, version, None, raw, context)
-            loaded, method, arrays, _ = await anyio.to_thread.run_sync(prepare)
-            start = await anyio.to_thread.run_sync(_stream_start, loaded, method, arrays)
+            # One worker-thread hop checks the request and runs stream_start, so the first
+            # event is ready when the response starts (`_sse`).
+            events = await anyio.to_thread.run_sync(_first_events, prepare, predictor)
         except ServingError as err:
             predictor.record_refusal(name, context["signature"], "rest", err, started)
             raise
-        return StreamingResponse(_sse(predictor, loaded, start), media_type="text/event-stream")
+        return StreamingResponse(events, media_type="text/event-stream")
 
     async def _predict(request: Request, name: str, version: str | None, label: str | None):
         started, context = time.perf_counter(), {"signature": ""}
@@ -200,6 +201,20 @@ def _stream_start(loaded: LoadedVersion, method: str, arrays: dict) -> dict:
     strings = next(name for name, value in arrays.items() if value.dtype == object)
     knobs = {k: v.tolist() for k, v in arrays.items() if k != strings}
     return stream_start_inputs([str(p) for p in arrays[strings].tolist()], method, strings, **knobs)
+
+
+def _first_events(prepare, predictor: Predictor):
+    """In a worker thread: the checked request (`prepare`; its refusals raise), then the
+    SSE stream with its first event already computed (stream_start has run)."""
+    loaded, method, arrays, _ = prepare()
+    events = _sse(predictor, loaded, _stream_start(loaded, method, arrays))
+    first = next(events)
+
+    def stream():
+        yield first
+        yield from events
+
+    return stream()
 
 
 def _sse(predictor: Predictor, loaded: LoadedVersion, start: dict):

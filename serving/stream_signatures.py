@@ -45,7 +45,7 @@ class StreamSignatures:
             slots = self._history_width() - tf.shape(prefix_ids)[1]
             state = start_state(self.model, ids, lengths, knobs, slots)
             return self._stream_outputs(state, tf.zeros([batch], tf.int32), knobs, method,
-                                        self._stream_context(ids, lengths))
+                                        self._stream_context(ids, lengths), first=True)
 
         return fn
 
@@ -99,18 +99,23 @@ class StreamSignatures:
         """[B, C] float32: what else the state needs from the prompts (LM: nothing)."""
         return tf.zeros([tf.shape(ids)[0], 0], tf.float32)
 
-    def _stream_outputs(self, state: DecodeState, step, knobs: Knobs, method, context) -> dict[str, tf.Tensor]:
-        """Chooses each row's next token from `state.logits`; the outputs of both stream signatures."""
+    def _stream_outputs(self, state: DecodeState, step, knobs: Knobs, method, context,
+                        first: bool = False) -> dict[str, tf.Tensor]:
+        """Chooses each row's next token from `state.logits`; the outputs of both stream
+        signatures (`first`: stream_start's, where nothing was generated before)."""
         token, after = choose_token(state, step, method_knobs(knobs, method), PerRowStrategy(method), self.banned)
-        return {"state": self._pack_state(after, context), "token": token, "piece": self._piece(state, after),
-                "done": after.finished, "log_prob": after.log_prob}
+        return {"state": self._pack_state(after, context), "token": token,
+                "piece": self._piece(state, after, first), "done": after.finished, "log_prob": after.log_prob}
 
-    def _piece(self, before: DecodeState, after: DecodeState):
+    def _piece(self, before: DecodeState, after: DecodeState, first: bool = False):
         """[B] strings: the text the new token adds, text(tokens so far) minus text(before)
-        (every tokenizer kind's text of a token sequence starts with that of its prefix)."""
+        (every tokenizer kind's text of a token sequence starts with that of its prefix);
+        `first`: before holds no generated token, so its text is empty and not computed."""
         prefix = after.cur_len - after.generated
-        old = self._texts(*new_tokens(before.history, prefix, before.generated, self.max_new_tokens))
         new = self._texts(*new_tokens(after.history, prefix, after.generated, self.max_new_tokens))
+        if first:
+            return new
+        old = self._texts(*new_tokens(before.history, prefix, before.generated, self.max_new_tokens))
         start = tf.strings.length(old)
         return tf.strings.substr(new, start, tf.strings.length(new) - start)
 
