@@ -149,6 +149,25 @@ def session_texts(export_dir, signature, texts, **knobs):
     return [t.decode() for t in (out if out.ndim == 1 else out[:, 0])]
 
 
+def run_corpus(root, files=2, lines=300, offset=0):
+    """`files` files of `lines` lines under root/corpus (a new `offset`: new files, new data)."""
+    for f in range(files):
+        text = "".join(f"the cat {(i + f + offset) % 7} sat on mat {(i * 3 + f) % 5} .\n" for i in range(lines))
+        write(root / "corpus" / f"part{f + offset}.txt", text)
+
+
+def run_args(root, *extra):
+    """`lmpipe run` arguments for a tiny LM on `run_corpus`, everything under `root`."""
+    return ["--set", f"data.train={root / 'corpus'}/*.txt", "--set", "data.format=lines",
+            "--set", f"preprocess.output_dir={root / 'data'}", "--set", f"train.output_dir={root / 'train'}",
+            "--set", f"export.base_path={root / 'export'}", "--set", f"run.work_dir={root / 'runs'}",
+            "--set", f"tracking.uri=sqlite:///{root}/mlflow.db", "--set", "tracking.registered_model=lm",
+            "--set", "model.hidden_dim=16", "--set", "model.embedding_dim=16", "--set", "model.num_layers=1",
+            "--set", "model.dropout=0.0", "--set", "train.batch_size=4", "--set", "train.bptt=8",
+            "--set", "train.epochs=2", "--set", "train.optimizer=adam", "--set", "train.learning_rate=0.01",
+            "--set", "run.reports=false", *extra]
+
+
 def die_at_call(trainer, call):
     """Makes `trainer`'s compiled step raise KeyboardInterrupt at its `call`-th call (a kill)."""
     real_step, calls = trainer._train_step, []

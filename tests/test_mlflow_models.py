@@ -22,27 +22,14 @@ from serving.knobs import KNOB_SPECS
 from serving.mlflow_model import saved_model_of
 from serving.serving_config import read_models_config
 
-from conftest import free_ports, mlflow_server, pyfunc_in_clean_process, session_texts, write  # noqa: F401
+from conftest import free_ports, pyfunc_in_clean_process, run_corpus, session_texts, write
+from conftest import run_args as _conftest_run_args
 
 PROMPTS = ["the cat", "on mat 3"]
 
 
-def _corpus(root, files=2, lines=300, offset=0):
-    for f in range(files):
-        text = "".join(f"the cat {(i + f + offset) % 7} sat on mat {(i * 3 + f) % 5} .\n" for i in range(lines))
-        write(root / "corpus" / f"part{f + offset}.txt", text)
-
-
 def _args(root, *extra):
-    return ["--set", f"data.train={root / 'corpus'}/*.txt", "--set", "data.format=lines",
-            "--set", f"preprocess.output_dir={root / 'data'}", "--set", f"train.output_dir={root / 'train'}",
-            "--set", f"export.base_path={root / 'export'}", "--set", f"run.work_dir={root / 'runs'}",
-            "--set", f"tracking.uri=sqlite:///{root}/mlflow.db", "--set", "tracking.registered_model=lm",
-            "--set", "tracking.system_metrics_interval_s=0.2",
-            "--set", "model.hidden_dim=16", "--set", "model.embedding_dim=16", "--set", "model.num_layers=1",
-            "--set", "model.dropout=0.0", "--set", "train.batch_size=4", "--set", "train.bptt=8",
-            "--set", "train.epochs=2", "--set", "train.optimizer=adam", "--set", "train.learning_rate=0.01",
-            "--set", "run.reports=false", *extra]
+    return _conftest_run_args(root, "--set", "tracking.system_metrics_interval_s=0.2", *extra)
 
 
 def _manifest(root):
@@ -53,7 +40,7 @@ def _manifest(root):
 def champion(tmp_path_factory):
     """One `lmpipe run`: (root, tracking URI, manifest)."""
     root = tmp_path_factory.mktemp("mlflow-models")
-    _corpus(root)
+    run_corpus(root)
     cwd = os.getcwd()
     os.chdir(root)
     try:
@@ -149,9 +136,9 @@ def test_logged_model_metrics_rank_models_and_name_their_data(champion):
 
 
 def test_champion_and_stable_label_agree_and_old_versions_stay_usable(tmp_path, capsys):
-    _corpus(tmp_path)
+    run_corpus(tmp_path)
     assert main(["run", *_args(tmp_path)]) == 0  # v1: champion, export 1
-    _corpus(tmp_path, files=1, offset=5)
+    run_corpus(tmp_path, files=1, offset=5)
     worse = _args(tmp_path, "--set", "train.learning_rate=0.00001")
     assert main(["run", *worse]) == 10  # v2: challenger, export 2
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
@@ -197,7 +184,7 @@ def test_champion_and_stable_label_agree_and_old_versions_stay_usable(tmp_path, 
 
 
 def test_export_from_a_bad_uri_names_the_fix(tmp_path, capsys):
-    _corpus(tmp_path)
+    run_corpus(tmp_path)
     args = _args(tmp_path)
     assert main(["export", "--from", "runs:/abc/model", *args]) == 3
     assert "is not a registry URI; give models:/<name>@<alias> or models:/<name>/<version>" in capsys.readouterr().err

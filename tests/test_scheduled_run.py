@@ -16,24 +16,7 @@ from pipeline.scheduled_run import EXIT_NOT_BETTER
 from serving.model_versions import ModelVersions
 from serving.serving_config import read_models_config
 
-from conftest import latest_checkpoint_step, write
-
-
-def _corpus(root, files=2, lines=300, offset=0):
-    for f in range(files):
-        text = "".join(f"the cat {(i + f + offset) % 7} sat on mat {(i * 3 + f) % 5} .\n" for i in range(lines))
-        write(root / "corpus" / f"part{f + offset}.txt", text)
-
-
-def _args(root, *extra):
-    return ["--set", f"data.train={root / 'corpus'}/*.txt", "--set", "data.format=lines",
-            "--set", f"preprocess.output_dir={root / 'data'}", "--set", f"train.output_dir={root / 'train'}",
-            "--set", f"export.base_path={root / 'export'}", "--set", f"run.work_dir={root / 'runs'}",
-            "--set", f"tracking.uri=sqlite:///{root}/mlflow.db", "--set", "tracking.registered_model=lm",
-            "--set", "model.hidden_dim=16", "--set", "model.embedding_dim=16", "--set", "model.num_layers=1",
-            "--set", "model.dropout=0.0", "--set", "train.batch_size=4", "--set", "train.bptt=8",
-            "--set", "train.epochs=2", "--set", "train.optimizer=adam", "--set", "train.learning_rate=0.01",
-            "--set", "run.reports=false", *extra]
+from conftest import latest_checkpoint_step, run_args as _args, run_corpus as _corpus
 
 
 def _manifest(root):
