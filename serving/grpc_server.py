@@ -71,7 +71,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             self.predictor.record_refusal(spec.name, signature, "grpc", err, started)
             _abort(context, err)
         try:
-            outputs = self.predictor.submit(loaded, signature, arrays, api="grpc").result()
+            outputs = self.predictor.predict(loaded, signature, arrays, api="grpc")
         except ServingError as err:
             _abort(context, err)
         response = predict_pb2.PredictResponse(model_spec=_spec(spec.name, loaded.version, signature))

@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -48,6 +49,9 @@ class Predictor:
         self.metrics = metrics or ServingMetrics()
         self._batcher = Batcher(batching, self._run_key, self._batch_ran) if batching else None
         self._threads = ThreadPoolExecutor(limits.max_concurrent_predictions, thread_name_prefix="predict")
+        # Graph runs at once without batching: the pool's threads and the callers that run
+        # in their own thread (`predict`) all take one of these.
+        self._slots = threading.BoundedSemaphore(limits.max_concurrent_predictions)
 
     def resolve(self, name: str, version: int | str | None, label: str | None) -> LoadedVersion:
         """The loaded version a request names; NotFound (404) or BadRequest (400) otherwise."""
@@ -90,6 +94,21 @@ class Predictor:
         inner.add_done_callback(lambda done: self._finish(done, outer, loaded, signature, api, started))
         return outer
 
+    def predict(self, loaded: LoadedVersion, signature: str, arrays: dict[str, np.ndarray], api: str) -> dict:
+        """`submit(...).result()` for a caller that may block (a gRPC handler, a stream's
+        worker thread): without batching the graph runs in the caller's own thread (one
+        thread hop less per call), within the same bound on graph runs at once."""
+        if self._batcher is not None:
+            return self.submit(loaded, signature, arrays, api).result()
+        started, done, outer = time.perf_counter(), Future(), Future()
+        self._batch_ran((loaded.version, signature), len(next(iter(arrays.values()))))
+        try:
+            done.set_result(self._run(loaded, signature, arrays))
+        except Exception as err:  # noqa: BLE001 - mapped to a ServingError by _finish
+            done.set_exception(err)
+        self._finish(done, outer, loaded, signature, api, started)
+        return outer.result()
+
     def record_refusal(self, name: str, signature: str, api: str, err: ServingError, started: float) -> None:
         """Counts a request refused before it ran (its status is the error's code)."""
         self.metrics.request(name, "", signature, api, err.code, time.perf_counter() - started)
@@ -112,14 +131,16 @@ class Predictor:
         release_free_memory_if_grown()  # after the answer is out, and only after growth (serving.memory)
 
     def _run(self, loaded: LoadedVersion, signature: str, arrays: dict) -> dict:
-        return loaded.model.run(signature, arrays)
+        """One graph run without batching, within max_concurrent_predictions."""
+        with self._slots:
+            return loaded.model.run(signature, arrays)
 
     def _run_key(self, key, arrays: dict) -> dict:
         version, signature = key
         loaded = self.versions.get(version)
         if loaded is None:
             raise NotFound(f"Servable not found: model {self.versions.name!r} has no version {version}")
-        return self._run(loaded, signature, arrays)
+        return loaded.model.run(signature, arrays)  # the batcher's threads bound its runs
 
     def _batch_ran(self, key, rows: int) -> None:
         self.metrics.batch(self.versions.name, key[1], rows)

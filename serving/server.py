@@ -68,6 +68,11 @@ class PayloadTooLarge(ServingError):
 
 
 DRAIN_FACTOR = 8
+# Requests and answers this small are parsed and encoded on the event loop: a worker-thread
+# hop each way costs more than the work, and under concurrent load the hops of a batch's
+# requests queue behind one another (larger ones still go to a worker thread).
+INLINE_BODY_BYTES = 16 * 1024
+INLINE_ANSWER_VALUES = 4096
 
 
 STREAM_INPUTS = {"method", *STREAM_KNOBS}
@@ -170,11 +175,18 @@ def create_app(predictor: Predictor) -> FastAPI:
         try:
             raw = await _read_body(request, limits.max_request_bytes)
             prepare = functools.partial(_prepare, request, name, version, label, raw, context)
-            loaded, signature, arrays, layout = await anyio.to_thread.run_sync(prepare)  # refusals answer at once
+            # A small body to the latest version is parsed and checked on the event loop (tens
+            # of us); a large one, or one that may load a version, in a worker thread.
+            if version is None and label is None and len(raw) <= INLINE_BODY_BYTES:
+                loaded, signature, arrays, layout = prepare()
+            else:
+                loaded, signature, arrays, layout = await anyio.to_thread.run_sync(prepare)  # refusals answer at once
         except ServingError as err:
             predictor.record_refusal(name, context["signature"], "rest", err, started)
             raise
         outputs = await asyncio.wrap_future(predictor.submit(loaded, signature, arrays, api="rest"))
+        if sum(np.size(value) for value in outputs.values()) <= INLINE_ANSWER_VALUES:
+            return _encode(outputs, layout)
         return await anyio.to_thread.run_sync(_encode, outputs, layout)
 
     def _prepare(request, name, version, label, raw: bytes, context: dict):
@@ -224,7 +236,7 @@ def _sse(predictor: Predictor, loaded: LoadedVersion, start: dict):
     def call(signature: str, inputs: dict) -> dict:
         dtypes = loaded.model.input_dtypes(signature)
         arrays = {k: np.asarray(v, dtype=dtypes[k].as_numpy_dtype) for k, v in inputs.items()}
-        return predictor.submit(loaded, signature, arrays, api="rest").result()
+        return predictor.predict(loaded, signature, arrays, api="rest")
 
     try:
         for event in stream_events(call, start, strings):
