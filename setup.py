@@ -6,7 +6,7 @@ setup(
     name="lmpipe",
     version="0.1.0",
     description="Train LSTM language models with TensorFlow/Keras and serve text generation",
-    python_requires=">=3.11,<3.12",
+    python_requires=">=3.11,<3.14",
     packages=find_packages(include=["pipeline", "pipeline.*", "trainer", "trainer.*",
                                     "serving", "serving.*"]),
     install_requires=[
@@ -16,6 +16,7 @@ setup(
         "mlflow>=3.1,<4",
         "psutil>=5.9,<8",  # MLflow's system metrics (CPU, memory) during training
         "apache-beam[tfrecord]>=2.77,<2.78",
+        "google-crc32c>=1.5,<2",  # TFRecord checksums in C (Beam falls back to Python, and warns)
         "tensorflow-serving-api>=2.21,<2.22",
         "grpcio>=1.60,<2",
         "prometheus_client>=0.20,<1",
@@ -27,6 +28,6 @@ setup(
         "matplotlib>=3.8,<4",
         "sacrebleu>=2.4,<3",
     ],
-    extras_require={"test": ["pytest>=8,<10"]},
+    extras_require={"test": ["pytest>=8,<10", "scipy>=1.11,<2"]},  # scipy: the decoders' chi-square tests
     entry_points={"console_scripts": ["lmpipe=pipeline.cli:main"]},
 )

@@ -158,7 +158,7 @@ class DataConfig(_Section):
 
 class TokenizerConfig(_Section):
     kind: Literal["word", "char", "subword"] = "word"
-    lowercase: bool = False
+    lowercase: bool = True
     # Learned entries, not counting the reserved <pad> <unk> <bos> <eos>.
     max_vocab: int = Field(10000, ge=1)
     min_count: int = Field(1, ge=1)
@@ -187,9 +187,9 @@ class ModelConfig(_Section):
     embedding_dim: int = Field(200, ge=1)
     hidden_dim: int = Field(200, ge=1)
     num_layers: int = Field(2, ge=1)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    dropout: float = Field(0.3, ge=0.0, lt=1.0)
     recurrent_dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    tie_embeddings: bool = False  # seq2seq: the target embedding and the output layer
+    tie_embeddings: bool = True  # seq2seq: the target embedding and the output layer
     # lm: a language model over one text stream; seq2seq: an LSTM encoder-decoder with
     # attention over pairs of texts (num_layers then counts the decoder's layers). The
     # keys below apply to seq2seq only.
@@ -217,7 +217,7 @@ class TrainConfig(_Section):
     output_dir: str = "work/train"
     batch_size: int = Field(20, ge=1)
     bptt: int = Field(35, ge=1)
-    epochs: int = Field(13, ge=1)
+    epochs: int = Field(8, ge=1)
     optimizer: Literal["sgd", "adam"] = "sgd"
     learning_rate: float = Field(1.0, gt=0.0)
     lr_decay: float = Field(0.5, gt=0.0, le=1.0)

@@ -79,15 +79,28 @@ def on_calendar(cron: str) -> str:
     return f"{day}{date} {time}"
 
 
+def systemd_quote(arg: str) -> str:
+    """One argument of an Exec*= line, as systemd reads it back: double-quoted with `\\`
+    and `"` escaped, and `%` (specifiers) and `$` (environment variables) doubled.
+
+    Example:
+        >>> systemd_quote("/a b/my config.yaml")
+        '"/a b/my config.yaml"'
+    """
+    escaped = arg.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%").replace("$", "$$")
+    return f'"{escaped}"'
+
+
 def systemd_units(config_path: str, cron: str, log_file: str) -> dict[str, str]:
-    """{"lmpipe.service": ..., "lmpipe.timer": ...}"""
+    """{"lmpipe.service": ..., "lmpipe.timer": ...}; paths may hold spaces and quotes."""
     folder, command, log = _command(config_path, log_file)
+    script = f"{command} >> {shlex.quote(log)} 2>&1"
     service = (
         "[Unit]\nDescription=lmpipe scheduled run (preprocess, train, export, promote)\n\n"
         "[Service]\nType=oneshot\n"
-        f"WorkingDirectory={folder}\n"
-        f"ExecStartPre=/bin/mkdir -p {os.path.dirname(log)}\n"
-        f"ExecStart=/bin/sh -c '{command} >> {log} 2>&1'\n"
+        f"WorkingDirectory={folder.replace('%', '%%')}\n"
+        f"ExecStartPre=/bin/mkdir -p {systemd_quote(os.path.dirname(log))}\n"
+        f"ExecStart=/bin/sh -c {systemd_quote(script)}\n"
         "SuccessExitStatus=10\n"  # 'not better' is a normal outcome, not a failure
     )
     timer = (

@@ -46,8 +46,13 @@ class SessionModel:
         config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=intra_op_threads,
                                           inter_op_parallelism_threads=inter_op_threads)
         self.session = tf.compat.v1.Session(graph=self.graph, config=config)
-        with self.graph.as_default():
-            self.meta_graph = tf.compat.v1.saved_model.loader.load(self.session, [SERVE_TAG], export_dir)
+        logger, level = tf.get_logger(), tf.get_logger().level
+        logger.setLevel("ERROR")  # the loader's deprecation notice: this is TF Serving's path on purpose
+        try:
+            with self.graph.as_default():
+                self.meta_graph = tf.compat.v1.saved_model.loader.load(self.session, [SERVE_TAG], export_dir)
+        finally:
+            logger.setLevel(level)
         self.signature_defs = {name: sig for name, sig in self.meta_graph.signature_def.items()
                                if name != INIT_OP_SIGNATURE}
 

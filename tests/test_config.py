@@ -1,6 +1,9 @@
+import os
+
 import pytest
 
 from pipeline.cli import main
+from pipeline.config import PipelineConfig
 from pipeline.config_loader import dump_config, flatten_config, load_config
 from pipeline.errors import ConfigError
 
@@ -69,3 +72,9 @@ def test_cli_config_error_exit_code(capsys):
     assert main(["config", "show", "--set", "model.cell=gru"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("lmpipe: config error: model.cell = 'gru'")
+
+
+def test_the_built_in_defaults_are_the_shipped_config():
+    shipped = load_config(os.path.join(os.path.dirname(__file__), "..", "pipeline_config.yaml"))
+    assert load_config(None) == shipped
+    assert PipelineConfig() == shipped

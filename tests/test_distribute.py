@@ -78,7 +78,7 @@ def test_two_mirrored_replicas_train_as_one_process_with_the_same_global_batch()
     assert (one["replicas"], two["replicas"]) == (1, 2)
     assert two["count"] == one["count"] == 80
     np.testing.assert_allclose(two["nll"], one["nll"], rtol=1e-6)
-    for a, b in zip(one["weights"] + one["states"], two["weights"] + two["states"]):
+    for a, b in zip(one["weights"] + one["states"], two["weights"] + two["states"], strict=True):
         np.testing.assert_allclose(np.array(b), np.array(a), atol=2e-6)
 
 
@@ -124,7 +124,7 @@ def test_two_mirrored_replicas_train_seq2seq_as_one_process():
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     np.testing.assert_allclose(out["two"]["nll"], out["one"]["nll"], rtol=1e-6)
-    for a, b in zip(out["one"]["weights"], out["two"]["weights"]):
+    for a, b in zip(out["one"]["weights"], out["two"]["weights"], strict=True):
         np.testing.assert_allclose(np.array(b), np.array(a), atol=2e-6)
 
 

@@ -152,9 +152,9 @@ def test_rest_server_every_signature_errors_and_version_switch(trained):
         while client.status()["model_version_status"][0]["version"] != "2":
             assert time.time() < deadline, "server did not pick up version 2"
             time.sleep(0.5)
-        assert client.generate(["the"], method="greedy", max_new_tokens=3)[0]["lengths"] >= 1
+        assert client.generate(["the"], method="greedy", max_new_tokens=3, min_new_tokens=3)[0]["lengths"] == 3
         v1 = ServingClient(f"{url}", "tiny", version=1)
-        assert v1.generate(["the"], method="greedy", max_new_tokens=3)[0]["lengths"] >= 1
+        assert v1.generate(["the"], method="greedy", max_new_tokens=3, min_new_tokens=3)[0]["lengths"] == 3
         assert server.poll() is None  # alive after every bad request
     finally:
         server.terminate()
@@ -215,7 +215,10 @@ def test_graph_refuses_bad_knobs_before_any_work(trained, signature, knobs, mess
     started = time.perf_counter()
     with pytest.raises(tf.errors.InvalidArgumentError) as err:
         _session_request(model, signature, **knobs)
-    assert time.perf_counter() - started < 2.0
+    # Not a speed check: without the early assert, beam_width 2^31 - 1 tiles the prompt that
+    # many times and runs out of memory or time; the bound leaves room for the Session's
+    # first-run graph optimisation on a loaded machine (measured 2.5 s).
+    assert time.perf_counter() - started < 30.0
     refusal = graph_error(err.value)
     assert refusal.status == 400 and refusal.args[0] == message + " for prompt 0"
 

@@ -18,7 +18,7 @@ def test_step_by_step_equals_full_sequence(cell, tie, emb, hid):
     for t in range(6):
         logits, states = model.step(ids[:, t], states)
         np.testing.assert_allclose(logits, full[:, t], atol=1e-5)
-    for a, b in zip(states, final):
+    for a, b in zip(states, final, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)
     assert len(final) == 2 * (2 if cell == "lstm" else 1)
 
@@ -80,7 +80,7 @@ def test_prime_and_token_nll_read_in_windows_exactly(chunk_tokens):
     logits, states = lm(ids, mask=mask)
     last, primed = lm.prime(ids, lengths, chunk_tokens=chunk_tokens)
     np.testing.assert_array_equal(last, tf.gather(logits, lengths - 1, batch_dims=1))
-    for a, b in zip(primed, states):
+    for a, b in zip(primed, states, strict=True):
         np.testing.assert_array_equal(a, b)
     targets = tf.roll(ids, -1, axis=1)
     expected = tf.where(mask, tf.nn.sparse_softmax_cross_entropy_with_logits(targets, logits), 0.0)

@@ -58,7 +58,7 @@ def test_lstm_matches_keras_outputs_states_and_gradients(use_mask):
         np.testing.assert_allclose(a, b, atol=1e-5)
     g1 = tape.gradient(loss1, [x, h0, c0] + ours.trainable_weights)
     g2 = tape.gradient(loss2, [x, h0, c0] + ref.trainable_weights)
-    for a, b in zip(g1, g2):
+    for a, b in zip(g1, g2, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
@@ -100,7 +100,7 @@ def test_rnn_matches_keras_simple_rnn(use_mask):
     np.testing.assert_allclose(out1, out2, atol=1e-5)
     np.testing.assert_allclose(h1, h2, atol=1e-5)
     for a, b in zip(tape.gradient(loss1, [x, h0] + ours.trainable_weights),
-                    tape.gradient(loss2, [x, h0] + ref.trainable_weights)):
+                    tape.gradient(loss2, [x, h0] + ref.trainable_weights), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 

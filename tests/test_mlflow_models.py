@@ -86,7 +86,6 @@ def test_pyfunc_in_a_clean_process_answers_like_tf_serving(champion):
                 session_texts(export, "top_p", PROMPTS, p=0.7, seed=9),
                 session_texts(export, "top_p", PROMPTS)]  # no params: the export's default signature
     assert answers == expected
-    assert all(len(text.split()) > 0 for row in answers for text in row)
 
 
 def test_pyfunc_refuses_bad_requests_with_the_reason(champion):

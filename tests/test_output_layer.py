@@ -31,7 +31,7 @@ def test_values_and_gradients_equal_the_unfused_layers(rows_are_classes, with_bi
             nll = fn(hidden, kernel, bias, labels, rows_are_classes)
             loss = tf.reduce_sum(nll * weights)
         results.append([nll, *tape.gradient(loss, watched)])
-    for fused, reference in zip(*results):
+    for fused, reference in zip(*results, strict=True):
         np.testing.assert_allclose(fused, reference, rtol=1e-5, atol=1e-6)
 
 
@@ -63,10 +63,10 @@ def test_model_nll_equals_cross_entropy_of_its_logits(tie, emb, hid):
         ref = tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits)
         loss, ref_loss = tf.reduce_mean(nll), tf.reduce_mean(ref)
     np.testing.assert_allclose(nll, ref, rtol=1e-5)
-    for a, b in zip(states, ref_states):
+    for a, b in zip(states, ref_states, strict=True):
         np.testing.assert_array_equal(a, b)
     for a, b in zip(tape.gradient(loss, model.trainable_variables),
-                    tape.gradient(ref_loss, model.trainable_variables)):
+                    tape.gradient(ref_loss, model.trainable_variables), strict=True):
         np.testing.assert_allclose(tf.convert_to_tensor(a), tf.convert_to_tensor(b), rtol=1e-4, atol=1e-7)
 
 

@@ -83,6 +83,7 @@ def test_hash_split_of_documents_lines_format(tmp_path):
     again = tmp_path / "again"
     code = main(["preprocess", "--set", f"preprocess.output_dir={again}", "--set", f"data.train={corpus['train']}",
                  "--set", "data.format=lines", "--set", "data.valid_fraction=0.2", "--set", "data.test_fraction=0.1"])
+    assert code == 0
     (other,) = [p for p in os.listdir(again) if not p.startswith("_")]
     assert read_split(os.path.join(again, other), "valid") == read_split(ds, "valid")
 

@@ -52,10 +52,19 @@ def test_long_range_accuracy_covers_every_distance():
 def test_gates_report_files_and_saturation(tmp_path):
     summary = gates_report(_model(), _tokenizer(), "the cat sat on the mat", str(tmp_path), units=4)
     folder = tmp_path / "gates"
-    assert {"gates_layer0.png", "gates_layer1.png", "gate_distributions.png", "saturation.csv",
-            "summary.json"} <= set(os.listdir(folder))
+    assert set(os.listdir(folder)) == {"gates_layer0.png", "gates_layer1.png", "gate_distributions.png",
+                                       "saturation.csv", "summary.json"}
     assert summary["tokens"] == 7  # <eos> + 6 words
-    assert all(0 <= v <= 1 for layer in summary["saturation"].values() for v in layer.values())
+    assert {layer: sorted(gates) for layer, gates in summary["saturation"].items()} == {
+        "layer_0": ["forget", "input", "output"], "layer_1": ["forget", "input", "output"]}
+    assert {layer: len(units) for layer, units in summary["units_shown"].items()} == {"layer_0": 4, "layer_1": 4}
+    with open(folder / "saturation.csv") as f:
+        header, *lines = [line.split(",") for line in f.read().split()]
+    assert header == ["layer", "gate", "mean", "saturated_share", "below_0.1", "above_0.9"]
+    assert {(f"layer_{r[0]}", r[1]): float(r[3]) for r in lines} == {
+        (layer, gate): share for layer, gates in summary["saturation"].items() for gate, share in gates.items()}
+    for row in lines:  # a share of saturated units is the share below 0.1 plus the share above 0.9
+        assert float(row[3]) == pytest.approx(float(row[4]) + float(row[5])) and 0 < float(row[2]) < 1
     with pytest.raises(ValueError, match="needs an LSTM model"):
         gates_report(_model("rnn"), _tokenizer(), "the cat", str(tmp_path))
 
@@ -64,8 +73,11 @@ def test_decoding_report_every_setting(tmp_path):
     rows = decoding_report(_model(), _tokenizer(), ["the cat", "a dog"], str(tmp_path), max_new_tokens=5)
     assert [r["decoder"] for r in rows] == [label for label, _, _ in decoder_settings()]
     assert all(0 <= r["mean_length"] <= 5 and r["logprob_per_token"] <= 0 for r in rows)
-    beam1 = rows[1]
-    assert beam1["decoder"] == "beam w=1"
+    by_name = {r["decoder"]: {k: v for k, v in r.items() if k not in ("decoder", "ms_per_token")} for r in rows}
+    assert by_name["beam w=1"] == by_name["greedy"]  # a beam of one is greedy search, exactly
+    for t in ("0.7", "1.0", "1.3"):  # k past the vocabulary (12) keeps every token: the same draws
+        assert by_name[f"top_k k=20 T={t}"] == by_name[f"top_k k=100 T={t}"] == by_name[f"top_k k=1000 T={t}"]
     folder = tmp_path / "decoding"
-    assert {"decoding.csv", "decoding.md", "diversity_vs_logprob.png", "length_vs_beam.png"} <= set(os.listdir(folder))
+    assert set(os.listdir(folder)) == {"decoding.csv", "decoding.md", "diversity_vs_logprob.png", "length_vs_beam.png",
+                                       "summary.json"}
     assert json.load(open(folder / "summary.json"))["prompts"] == ["the cat", "a dog"]

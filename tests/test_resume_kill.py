@@ -44,11 +44,17 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     deadline = time.time() + 240
     while latest_checkpoint_step(cut) <= steps_per_epoch + 20 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
-    assert proc.poll() is None, "training ended before it could be killed mid-epoch"
+    reached, needed = latest_checkpoint_step(cut), steps_per_epoch + 21
+    assert proc.poll() is None, (f"training ended (exit {proc.returncode}) at checkpoint step {reached} "
+                                 "before it could be killed mid-epoch")
+    assert reached >= needed, (f"training reached checkpoint step {reached} of the {needed} needed in 240 s "
+                               "(a loaded machine); nothing was killed")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     killed_at = latest_checkpoint_step(cut)
-    assert steps_per_epoch < killed_at < 2 * steps_per_epoch  # killed inside epoch 2
+    assert steps_per_epoch < killed_at < 2 * steps_per_epoch, (
+        f"killed at checkpoint step {killed_at}, not inside epoch 2 (steps {steps_per_epoch + 1} to "
+        f"{2 * steps_per_epoch - 1})")
     assert not (cut / "train" / os.listdir(cut / "train")[0] / "model").exists()
 
     assert main(["train", *_args(cut, corpus)]) == 0

@@ -1,6 +1,9 @@
 """`lmpipe schedule` output, systemd conversion, and the Airflow DAG module without Airflow."""
 
 import os
+import shlex
+import shutil
+import subprocess
 
 import pytest
 
@@ -56,3 +59,27 @@ def test_airflow_dag_module_imports_without_airflow():
     if airflow_dag.DAG is None:
         with pytest.raises(ImportError, match="apache-airflow is not installed"):
             airflow_dag.create_dag("/x/pipeline_config.yaml")
+
+
+def _exec_argv(service: str, key: str) -> list[str]:
+    """The argv systemd reads from an Exec*= line (double quotes, backslash escapes, %% and $$)."""
+    (line,) = [l for l in service.splitlines() if l.startswith(key + "=")]
+    return [a.replace("%%", "%").replace("$$", "$") for a in shlex.split(line[len(key) + 1:])]
+
+
+def test_systemd_unit_keeps_paths_with_spaces_and_quotes_whole(tmp_path):
+    folder = tmp_path / "a b" / "it's 100%"
+    folder.mkdir(parents=True)
+    config = str(folder / "my config.yaml")
+    service = systemd_units(config, "0 3 * * *", "runs/l og.log")["lmpipe.service"]
+    shell, flag, script = _exec_argv(service, "ExecStart")
+    assert (shell, flag) == ("/bin/sh", "-c")
+    argv = shlex.split(script)
+    assert argv[1:4] == ["run", "--config", config] and argv[4:] == [">>", str(folder / "runs" / "l og.log"), "2>&1"]
+    assert _exec_argv(service, "ExecStartPre") == ["/bin/mkdir", "-p", str(folder / "runs")]
+    assert f"WorkingDirectory={str(folder).replace('%', '%%')}\n" in service
+    if shutil.which("systemd-analyze"):
+        unit = tmp_path / "lmpipe.service"
+        unit.write_text(service)
+        check = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stderr

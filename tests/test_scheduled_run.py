@@ -117,7 +117,9 @@ def test_killed_during_training_resumes_with_one_new_version(tmp_path):
     deadline = time.time() + 240
     while latest_checkpoint_step(tmp_path) < 30 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
-    assert proc.poll() is None, "the run ended before it could be killed"
+    reached = latest_checkpoint_step(tmp_path)
+    assert proc.poll() is None, f"the run ended (exit {proc.returncode}) at checkpoint step {reached} before it could be killed"
+    assert reached >= 30, f"training reached checkpoint step {reached} of the 30 needed in 240 s (a loaded machine)"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert main(["run", *args]) == 0  # the stale lock is taken over

@@ -63,7 +63,7 @@ def test_shapes_and_state_layout(variant):
     logits, new_states, step_weights = model.step_with_attention(tf.fill([4], BOS_ID), states)
     assert logits.shape == (4, TGT_V) and step_weights.shape == (4, 5)
     assert [tuple(s.shape) for s in new_states] == expected
-    for old, new in zip(states[-3:], new_states[-3:]):  # memory, keys and mask pass through
+    for old, new in zip(states[-3:], new_states[-3:], strict=True):  # memory, keys and mask pass through
         assert new is old
 
 

@@ -82,7 +82,8 @@ def test_lmpipe_run_trains_exports_and_promotes_a_seq2seq_model(tmp_path, capsys
                                              "repetition_penalty": 1.0, "no_repeat_ngram_size": 0}])
     assert rows[0]["text"] == "moon cat red"
     attention = np.array(rows[0]["attention"])  # [T_out, T_in]: 3 words + <eos> over 3 words + <eos>
-    assert attention.shape == (rows[0]["lengths"], 4) or attention.shape[1] == 4
+    assert attention.shape == (len(rows[0]["token_ids"]), 4)  # the output's padded width x (3 words + <eos>)
+    np.testing.assert_array_equal(attention[rows[0]["lengths"]:], 0.0)  # rows past the output's length
     np.testing.assert_allclose(attention[:rows[0]["lengths"]].sum(axis=1), 1.0, atol=1e-5)
     assert np.argmax(attention[0]) == 2  # the first output word looks at the last source word
 

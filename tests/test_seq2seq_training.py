@@ -52,6 +52,6 @@ def test_training_learns_and_resumes_mid_epoch_exactly(tmp_path):
     resumed = Seq2SeqTrainer(_model(seed=7), cfg, str(tmp_path / "cut"), verbose=False)
     assert resumed.restore() and int(resumed._global_step.numpy()) == 30
     history = resumed.fit(train, valid)
-    for a, b in zip(full, history):
+    for a, b in zip(full, history, strict=True):
         for key in ("train_ppl", "valid_ppl", "tokens_seen"):
             assert a[key] == pytest.approx(b[key], rel=1e-5), key
