@@ -16,17 +16,15 @@ import dataclasses
 from typing import Sequence
 
 import apache_beam as beam
-from apache_beam.transforms.window import GlobalWindow
-from apache_beam.utils.windowed_value import WindowedValue
 import numpy as np
 
 from pipeline.constants import UNK_ID
 from pipeline.pair_records import SIDES, encode_pair_example
 from pipeline.pairs_reading import Pair
+from pipeline.split_stats import STATS_TAG, split_partials
 from pipeline.tokenize_fn import encode_batch
 from pipeline.tokenizer import Tokenizer, TokenizerSpec
 
-STATS_TAG = "stats"
 
 
 @dataclasses.dataclass
@@ -110,7 +108,5 @@ class EncodePairsFn(beam.DoFn):
         stats[f"{side}_lengths"][len(ids)] += 1
 
     def finish_bundle(self):
-        for split, stats in self._stats.items():
-            yield beam.pvalue.TaggedOutput(STATS_TAG, WindowedValue(
-                (split, dict(stats)), GlobalWindow().max_timestamp(), [GlobalWindow()]))
+        yield from split_partials(STATS_TAG, self._stats)
         self._stats = {}

@@ -2,8 +2,8 @@
 and stats, in the dataset folder contract of documents (a fingerprinted folder,
 written under a temporary name and renamed only when complete and checked).
 
-`run_preprocess` hands configs with a pair `data.format` (pairs, pairs_tsv,
-pairs_jsonl) to `run_pairs_preprocess`. Records: see `pipeline.pair_records`; stats:
+`pipeline.preprocess.run_preprocess` hands configs with a pair `data.format` (pairs,
+pairs_tsv, pairs_jsonl) to `run_pairs_preprocess`. Records: see `pipeline.pair_records`; stats:
 see `pipeline.pairs_stats`. Vocabularies are learned from the train split's pairs
 (every pair with two non-empty sides, long ones included) with the same combiners as
 documents: one from both sides (`tokenizer.shared_vocab`) or one per side.
@@ -23,23 +23,25 @@ import os
 import time
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.config import PipelineConfig
-from pipeline.constants import DATASET_FORMAT_VERSION, SPLITS, STATS_FILE
+from pipeline.constants import SPLITS, STATS_FILE
+from pipeline.dataset_folder import (
+    SPLIT_STATS, PreprocessResult, batch_elements, build_dataset, read_json_lines, stats_footer, stats_header,
+    write_splits, write_text,
+)
 from pipeline.errors import InputDataError
 from pipeline.pair_records import SIDES, tokenizer_file_name, vocab_file_name
-from pipeline.pairs_encode import STATS_TAG, EncodePairsFn, TextLines, side_specs
+from pipeline.pairs_encode import EncodePairsFn, TextLines, side_specs
 from pipeline.pairs_inputs import PairInput, pair_fingerprint, resolve_pair_inputs
-from pipeline.pairs_reading import COUNTS_TAG, LINES_TAG, ReadPairs
+from pipeline.pairs_reading import LINES_TAG, ReadPairs
 from pipeline.pairs_stats import empty_pair_record, finish_pair_split_stats, to_pair_json_record
-from pipeline.preprocess import PreprocessResult, _write_text, build_dataset, write_splits
 from pipeline.reading import BLOCK_BYTES
+from pipeline.split_stats import COUNTS_TAG, STATS_TAG
 from pipeline.tokenizer import read_vocab, vocab_file_text
 from pipeline.vocabulary import LearnVocabulary, spec_of
 
-_SPLIT_STATS = "_split_stats"
 _LINE_COUNTS = "_line_counts"
 
 
@@ -62,8 +64,7 @@ def create_pairs_pipeline(p: beam.Pipeline, files: list[PairInput], config: Pipe
         files, config.data, pre.max_line_chars, block_bytes)
 
     def batches(pairs, label):
-        return pairs | label >> beam.BatchElements(
-            min_batch_size=pre.batch_lines, max_batch_size=pre.batch_lines)
+        return batch_elements(pairs, label, pre.batch_lines)
 
     train = batches(read["pairs"] | "OnlyTrain" >> beam.Filter(lambda pair: pair.split == "train"),
                     "BatchForVocab")
@@ -108,23 +109,13 @@ def run_pairs_preprocess(config: PipelineConfig, beam_args: list[str] | None = N
         started = time.time()
         with beam.Pipeline(options=PipelineOptions(beam_args or [])) as p:
             create_pairs_pipeline(p, files, config, tmp_dir, BLOCK_BYTES)
-        lines = _read_records(tmp_dir, _LINE_COUNTS)
+        lines = read_json_lines(tmp_dir, _LINE_COUNTS)
         _check_alignment(files, {r["key"]: r["lines"] for r in lines})
         stats = _write_metadata(tmp_dir, files, lines, config, fingerprint, time.time() - started)
         _check_splits(stats, config)
         return stats
 
     return build_dataset(config.preprocess.output_dir, final_dir, fingerprint, build)
-
-
-def _read_records(out_dir: str, prefix: str) -> list[dict]:
-    """The JSON lines of the `prefix*` files the pipeline wrote, which are then deleted."""
-    records = []
-    for meta in FileSystems.match([os.path.join(out_dir, prefix + "*")])[0].metadata_list:
-        with FileSystems.open(meta.path) as f:
-            records.extend(json.loads(line) for line in f.read().decode().splitlines())
-        FileSystems.delete([meta.path])
-    return records
 
 
 def _check_alignment(files: list[PairInput], lines: dict[str, int]) -> None:
@@ -147,18 +138,15 @@ def _write_metadata(out_dir, files, lines, config, fingerprint, seconds) -> dict
     tok, shared = config.tokenizer, config.tokenizer.shared_vocab
     vocab_sizes = {side: len(read_vocab(os.path.join(out_dir, vocab_file_name(side, shared))))
                    for side in SIDES}
-    records = {r["split"]: r for r in _read_records(out_dir, _SPLIT_STATS)}
+    records = {r["split"]: r for r in read_json_lines(out_dir, SPLIT_STATS)}
     line_counts = {r["key"]: r["lines"] for r in lines}
     specs = side_specs(spec_of(tok))
     for side in (("source",) if shared else SIDES):
         body = json.loads(specs[side].to_json(vocab_sizes[side]))
         body["vocab_file"] = vocab_file_name(side, shared)
-        _write_text(os.path.join(out_dir, tokenizer_file_name(side, shared)), json.dumps(body, indent=2) + "\n")
+        write_text(os.path.join(out_dir, tokenizer_file_name(side, shared)), json.dumps(body, indent=2) + "\n")
     stats = {
-        "fingerprint": fingerprint,
-        "format_version": DATASET_FORMAT_VERSION,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "seconds": round(seconds, 2),
+        **stats_header(fingerprint, seconds),
         "kind": "pairs",
         "format": config.data.format,
         "tokenizer": tok.kind,
@@ -170,10 +158,9 @@ def _write_metadata(out_dir, files, lines, config, fingerprint, seconds) -> dict
         "max_pair_tokens": config.preprocess.max_pair_tokens,
         "splits": {s: finish_pair_split_stats(records.get(s, empty_pair_record(s)), vocab_sizes)
                    for s in SPLITS},
-        "inputs": [dataclasses.asdict(f) | {"lines": line_counts.get(f.key, 0)} for f in files],
-        "config": {k: getattr(config, k).model_dump(mode="json") for k in ("data", "tokenizer", "preprocess")},
+        **stats_footer([dataclasses.asdict(f) | {"lines": line_counts.get(f.key, 0)} for f in files], config),
     }
-    _write_text(os.path.join(out_dir, STATS_FILE), json.dumps(stats, indent=2) + "\n")  # last
+    write_text(os.path.join(out_dir, STATS_FILE), json.dumps(stats, indent=2) + "\n")  # last
     return stats
 
 

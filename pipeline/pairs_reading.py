@@ -21,14 +21,12 @@ import hashlib
 import json
 
 import apache_beam as beam
-from apache_beam.transforms.window import GlobalWindow
-from apache_beam.utils.windowed_value import WindowedValue
 
 from pipeline.config import DataConfig
 from pipeline.pairs_inputs import PairInput
 from pipeline.reading import BLOCK_BYTES, _decode, _lines_in_block, blocks_of, split_of
+from pipeline.split_stats import COUNTS_TAG, split_partials
 
-COUNTS_TAG = "counts"  # (split, {counter: n}) of the data issues met
 LINES_TAG = "lines"  # (file key, number of lines)
 _BLOCK_SIZES = "block_sizes"
 
@@ -115,9 +113,7 @@ class ParsePairFn(beam.DoFn):
             yield Pair(split, ordinal, texts[0], texts[1])
 
     def finish_bundle(self):
-        for split, counts in self._counts.items():
-            yield beam.pvalue.TaggedOutput(COUNTS_TAG, WindowedValue(
-                (split, dict(counts)), GlobalWindow().max_timestamp(), [GlobalWindow()]))
+        yield from split_partials(COUNTS_TAG, self._counts)
         self._counts = collections.defaultdict(collections.Counter)
 
     def _split(self, key: str, role: str, line: int) -> str:

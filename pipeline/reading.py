@@ -24,10 +24,10 @@ from apache_beam.metrics import Metrics
 
 from pipeline.config import DataConfig, PreprocessConfig
 from pipeline.corpus import AUTO_SPLIT, InputFile
+from pipeline.split_stats import COUNTS_TAG
 
 BLOCK_BYTES = 4 << 20  # a worker's unit of reading
 _MAX_RECORD_CHARS = 1 << 20  # a record of a `text` document holds at most this much text
-COUNTS_TAG = "counts"
 
 
 @dataclasses.dataclass

@@ -16,14 +16,31 @@ from typing import Any
 
 import apache_beam as beam
 import numpy as np
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
 
 from pipeline.constants import RESERVED_TOKENS
 
+STATS_TAG = "stats"  # the encoders' output of (split, partial stats)
+COUNTS_TAG = "counts"  # the readers' output of (split, {counter: n}) for the data issues met
 ID_COUNTS = "id_counts"
 COUNTERS = (
     "documents", "lines", "tokens", "oov_tokens", "unk_tokens",
     "invalid_utf8_lines", "empty_lines_dropped", "long_lines_split", "bad_records",
 )
+
+
+def split_partials(tag: str, partials: dict) -> list:
+    """A DoFn's `finish_bundle` outputs on `tag`: one (split, partial) per split, in the
+    global window (finish_bundle has no element to take a window from).
+
+    Example:
+        >>> list(split_partials(STATS_TAG, {"train": {"tokens": 5}}))[0].tag
+        'stats'
+    """
+    return [beam.pvalue.TaggedOutput(tag, WindowedValue((split, dict(values)), GlobalWindow().max_timestamp(),
+                                                        [GlobalWindow()]))
+            for split, values in partials.items()]
 
 
 class SumStatsFn(beam.CombineFn):

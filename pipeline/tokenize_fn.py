@@ -12,18 +12,15 @@ import collections
 from typing import Sequence
 
 import apache_beam as beam
-from apache_beam.transforms.window import GlobalWindow
-from apache_beam.utils.windowed_value import WindowedValue
 import numpy as np
 import tensorflow as tf
 
 from pipeline.constants import EOS_ID, UNK, UNK_ID
 from pipeline.reading import Chunk
 from pipeline.records import encode_example
-from pipeline.split_stats import ID_COUNTS
+from pipeline.split_stats import ID_COUNTS, STATS_TAG, split_partials
 from pipeline.tokenizer import Tokenizer, TokenizerSpec
 
-STATS_TAG = "stats"
 
 
 def encode_batch(
@@ -105,7 +102,5 @@ class TokenizeFn(beam.DoFn):
         s[ID_COUNTS] += np.bincount(ids, minlength=self._vocab_size)
 
     def finish_bundle(self):
-        for split, stats in self._stats.items():
-            yield beam.pvalue.TaggedOutput(STATS_TAG, WindowedValue(
-                (split, dict(stats)), GlobalWindow().max_timestamp(), [GlobalWindow()]))
+        yield from split_partials(STATS_TAG, self._stats)
         self._stats = {}

@@ -149,7 +149,7 @@ def test_recoverable_data_issues_are_counted(tmp_path, tiny_corpus, capsys):
 
 
 def test_crash_leaves_no_partial_dataset(tmp_path, tiny_corpus, monkeypatch):
-    import pipeline.preprocess as pre
+    import pipeline.documents_preprocess as pre
 
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")

@@ -6,7 +6,8 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline.config import DataConfig, PreprocessConfig, TokenizerConfig
 from pipeline.corpus import AUTO_SPLIT, InputFile
-from pipeline.reading import COUNTS_TAG, ReadBlockFn, blocks_of, cut_long_line, split_of
+from pipeline.reading import ReadBlockFn, blocks_of, cut_long_line, split_of
+from pipeline.split_stats import COUNTS_TAG
 from pipeline.vocabulary import LearnVocabulary, rank_key
 
 from conftest import write
