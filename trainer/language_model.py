@@ -20,17 +20,16 @@ import keras
 import tensorflow as tf
 
 from trainer.lstm import LSTM
-from trainer.recurrent_base import dropout_mask
+from trainer.model_parts import OutputAndDropout, Salt, check_precision, uniform_init
 from trainer.rnn import SimpleRNN
-from trainer.output_layer import OutputParts, output_layer_nll, output_logits
+from trainer.output_layer import output_layer_nll
 
 CELLS = {"lstm": LSTM, "rnn": SimpleRNN}
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 CHUNK_TOKENS = 2048  # prime and token_nll read at most about this many B x T positions at once
 
 
 @keras.saving.register_keras_serializable(package="lmpipe")
-class LanguageModel(keras.Model):
+class LanguageModel(OutputAndDropout, keras.Model):
     """A word/char/subword LSTM (or vanilla RNN) language model.
 
     Args:
@@ -65,8 +64,7 @@ class LanguageModel(keras.Model):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        check_precision(precision)
         if cell not in CELLS:
             raise ValueError(f"cell must be one of {sorted(CELLS)}, got {cell!r}")
         self.vocab_size = vocab_size
@@ -80,7 +78,7 @@ class LanguageModel(keras.Model):
         self.init_scale = init_scale
         self.precision = precision
         self.supports_masking = True
-        init = keras.initializers.RandomUniform(-init_scale, init_scale, seed=None)
+        init = uniform_init(init_scale)
         self.embedding = keras.layers.Embedding(
             vocab_size, embedding_dim, embeddings_initializer=init, dtype=precision, name="embedding")
         self.recurrent = [
@@ -147,14 +145,14 @@ class LanguageModel(keras.Model):
         states = list(states) if states is not None else self.initial_state(batch)
         seed = tf.constant([0, 0], tf.int32) if seed is None else tf.cast(seed, tf.int32)
         x = self.embedding(ids)
-        x = self._dropout(x, training, seed, 0)
+        x = self._dropout(x, training, seed, Salt.EMBEDDING)
         new_states = []
         n = self.states_per_layer
         for i, layer in enumerate(self.recurrent):
-            layer_seed = seed + tf.constant([0, 1000 * (i + 1)], tf.int32)
+            layer_seed = seed + tf.constant([0, Salt.LM_LAYER * (i + 1)], tf.int32)
             x, layer_states = layer(x, initial_state=states[i * n:(i + 1) * n], training=training,
                                     seed=layer_seed, mask=mask)
-            x = self._dropout(x, training, seed, i + 1)
+            x = self._dropout(x, training, seed, Salt.LAYER_OUTPUT + i)
             new_states += [tf.cast(s, tf.float32) for s in layer_states]
         return x, new_states
 
@@ -238,18 +236,9 @@ class LanguageModel(keras.Model):
             lambda start, *_: start < steps, body, (tf.constant(0), self.initial_state(batch), carry))
         return carry, states
 
-    def _logits(self, x):
-        return output_logits(x, self._output_parts())
-
-    def _output_parts(self) -> OutputParts:
-        return OutputParts(self.embedding, self.projection, self.output_layer,
-                           self.output_bias if self.tie_embeddings else None)
-
-    def _dropout(self, x, training, seed, salt):
-        if not training or self.dropout <= 0:
-            return x
-        mask = dropout_mask([tf.shape(x)[0], 1, tf.shape(x)[-1]], self.dropout, seed, 100 + salt, x.dtype)
-        return x * mask
+    @property
+    def output_embedding(self) -> keras.layers.Embedding:
+        return self.embedding
 
     def get_config(self) -> dict:
         return {

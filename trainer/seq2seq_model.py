@@ -42,16 +42,17 @@ import tensorflow as tf
 
 from pipeline.constants import BOS_ID, PAD_ID
 from trainer.attention import get_attention
-from trainer.language_model import CHUNK_TOKENS, PRECISIONS
+from trainer.language_model import CHUNK_TOKENS
 from trainer.lstm import LSTM
+from trainer.model_parts import OutputAndDropout, Salt, check_precision, uniform_init
 from trainer.recurrent_base import dropout_mask
-from trainer.output_layer import OutputParts, output_layer_nll, output_logits, windowed_output_nll
+from trainer.output_layer import output_layer_nll, windowed_output_nll
 
 PASS_THROUGH = 3  # memory, keys, source_mask: the last state entries, never changed by `step`
 
 
 @keras.saving.register_keras_serializable(package="lmpipe")
-class Seq2SeqModel(keras.Model):
+class Seq2SeqModel(OutputAndDropout, keras.Model):
     """An LSTM encoder-decoder with Luong or Bahdanau attention.
 
     Args:
@@ -100,8 +101,7 @@ class Seq2SeqModel(keras.Model):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        check_precision(precision)
         if cell != "lstm":
             raise ValueError(f"the seq2seq model has LSTM layers only; cell must be 'lstm', got {cell!r}")
         self.source_vocab_size = source_vocab_size
@@ -121,7 +121,7 @@ class Seq2SeqModel(keras.Model):
         self.init_scale = init_scale
         self.precision = precision
         self.memory_dim = hidden_dim * (2 if bidirectional_encoder else 1)
-        init = keras.initializers.RandomUniform(-init_scale, init_scale, seed=None)
+        init = uniform_init(init_scale)
 
         def lstm(name):
             return LSTM(hidden_dim, recurrent_dropout=recurrent_dropout, kernel_initializer=init,
@@ -173,19 +173,20 @@ class Seq2SeqModel(keras.Model):
         ids = tf.convert_to_tensor(source_ids)
         lengths = _lengths(ids, source_lengths)
         mask = tf.sequence_mask(lengths, tf.shape(ids)[1])
-        x = self._dropout(self.source_embedding(ids), training, seed, 100)
+        x = self._dropout(self.source_embedding(ids), training, seed, Salt.EMBEDDING)
         finals = []
         for i, forward in enumerate(self.encoder_forward):
-            out, states = forward(x, mask=mask, training=training, seed=seed + [0, 10_000 + 1000 * i])
+            out, states = forward(x, mask=mask, training=training,
+                                  seed=seed + [0, Salt.ENCODER_FORWARD + 1000 * i])
             finals += states
             if self.bidirectional_encoder:
                 backward = self.encoder_backward[i]
                 reverse = tf.reverse_sequence(x, lengths, seq_axis=1, batch_axis=0)
                 back, back_states = backward(reverse, mask=mask, training=training,
-                                             seed=seed + [0, 20_000 + 1000 * i])
+                                             seed=seed + [0, Salt.ENCODER_BACKWARD + 1000 * i])
                 out = tf.concat([out, tf.reverse_sequence(back, lengths, seq_axis=1, batch_axis=0)], -1)
                 finals += back_states
-            x = self._dropout(out, training, seed, 101 + i)
+            x = self._dropout(out, training, seed, Salt.LAYER_OUTPUT + i)
         memory = tf.cast(x, tf.float32)
         bridged = tf.cast(self.bridge(tf.concat([tf.cast(s, tf.float32) for s in finals], -1)), tf.float32)
         initial = tf.split(bridged, 2 * self.num_layers, axis=-1)
@@ -235,26 +236,28 @@ class Seq2SeqModel(keras.Model):
         """-> (attentional vectors after dropout [B, T, H], attention weights [B, T, S])."""
         seed = tf.constant([0, 0], tf.int32) if seed is None else tf.cast(seed, tf.int32)
         memory, keys, mask, states = self._encode(source_ids, source_lengths, training, seed)
-        y = self._dropout(self.target_embedding(tf.convert_to_tensor(target_in)), training, seed, 200)
+        y = self._dropout(self.target_embedding(tf.convert_to_tensor(target_in)), training, seed,
+                          Salt.TARGET_EMBEDDING)
         if self.input_feeding:
             attentional, weights = self._decode_fed(y, states, memory, keys, mask, training, seed)
         else:
             for i, layer in enumerate(self.decoder):
                 y, _ = layer(y, initial_state=states[2 * i:2 * i + 2], training=training,
-                             seed=seed + [0, 30_000 + 1000 * i])
-                y = self._dropout(y, training, seed, 201 + i)
+                             seed=seed + [0, Salt.DECODER + 1000 * i])
+                y = self._dropout(y, training, seed, Salt.DECODER_OUTPUT + i)
             attentional, weights = self._attend(y, memory, keys, mask)
-        return self._dropout(attentional, training, seed, 300), weights
+        return self._dropout(attentional, training, seed, Salt.ATTENTIONAL), weights
 
     def _decode_fed(self, y, states, memory, keys, mask, training, seed):
         """Input feeding makes each step depend on the last: a loop over layer steps, with
         the same dropout as the sequence call (input masks drawn once per sequence)."""
         batch, steps = tf.shape(y)[0], tf.shape(y)[1]
         rec_masks = [
-            dropout_mask([batch, self.hidden_dim], self.recurrent_dropout, seed + [0, 30_000 + 1000 * i], 2,
+            dropout_mask([batch, self.hidden_dim], self.recurrent_dropout, seed + [0, Salt.DECODER + 1000 * i], 2,
                          tf.float32) if training and self.recurrent_dropout > 0 else None
             for i in range(self.num_layers)]
-        between = [self._dropout_mask(batch, self.hidden_dim, training, seed, 201 + i) for i in range(self.num_layers)]
+        between = [self._dropout_mask(batch, self.hidden_dim, training, seed, Salt.DECODER_OUTPUT + i)
+                   for i in range(self.num_layers)]
         ys = tf.TensorArray(y.dtype, size=steps).unstack(tf.transpose(y, [1, 0, 2]))
         outs = tf.TensorArray(tf.float32, size=steps)
         attn = tf.TensorArray(tf.float32, size=steps)
@@ -312,22 +315,14 @@ class Seq2SeqModel(keras.Model):
 
     # ---- shared --------------------------------------------------------------------
 
-    def _logits(self, x):
-        return output_logits(x, self._output_parts())
-
-    def _output_parts(self) -> OutputParts:
-        return OutputParts(self.target_embedding, self.projection, self.output_layer,
-                           self.output_bias if self.tie_embeddings else None)
+    @property
+    def output_embedding(self) -> keras.layers.Embedding:
+        return self.target_embedding
 
     def _dropout_mask(self, batch, size, training, seed, salt):
         if not training or self.dropout <= 0:
             return None
         return dropout_mask([batch, size], self.dropout, seed, salt, tf.float32)
-
-    def _dropout(self, x, training, seed, salt):
-        if not training or self.dropout <= 0:
-            return x
-        return x * dropout_mask([tf.shape(x)[0], 1, tf.shape(x)[-1]], self.dropout, seed, salt, x.dtype)
 
     def get_config(self) -> dict:
         return {
