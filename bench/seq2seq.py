@@ -89,7 +89,8 @@ def main() -> None:
     from pipeline.preprocess import run_preprocess
     from serving.translation_eval import bleu, decode_sources, detokenize
     from trainer.pairs_data import load_pairs
-    from trainer.train_run import load_trained_model, train_language_model
+    from trainer.model_dir import load_trained_model
+    from trainer.train_run import train_language_model
 
     source, target = args.direction.split("-")
     work = args.work or tempfile.mkdtemp(prefix="multi30k-bench-")

@@ -145,7 +145,7 @@ def cmd_evaluate(args, extra: list[str]) -> int:
     config = _load(args)
     from trainer.data import load_token_stream
     from trainer.evaluation import evaluate
-    from trainer.train_run import load_trained_model, model_kind
+    from trainer.model_dir import load_trained_model, model_kind
 
     dataset_dir = args.dataset_dir or _dataset_for(config)
     model_dir = _trained_model_dir(config, args.model_dir, dataset_dir)
@@ -178,7 +178,7 @@ def _evaluate_seq2seq(model, model_dir: str, dataset_dir: str, splits: list[str]
 
 def _trained_model_dir(config, model_dir: str | None, dataset_dir: str | None = None) -> str:
     from pipeline.errors import InputDataError
-    from trainer.train_run import METRICS, MODEL_DIR, run_dir_for
+    from trainer.model_dir import METRICS, MODEL_DIR, run_dir_for
 
     if model_dir is None:
         dataset_dir = dataset_dir or _dataset_for(config)

@@ -90,7 +90,7 @@ def run_pipeline(config: PipelineConfig, beam_args: list[str] | None = None, ver
 
 def _run_stages(config: PipelineConfig, beam_args, manifest: dict, stages: _Stages) -> None:
     from trainer.registry import ModelRegistry
-    from trainer.train_run import run_dir_for
+    from trainer.model_dir import run_dir_for
 
     dataset = stages.run("preprocess", lambda: _preprocess(config, beam_args))
     manifest.update(dataset_dir=dataset["dataset_dir"], fingerprint=dataset["fingerprint"])
@@ -140,7 +140,7 @@ def _warm_start(config, dataset_dir: str, champion_dir: str | None) -> tuple[str
         return None, "off"
     if champion_dir is None:
         return None, "no champion yet: training from scratch"
-    from trainer.train_run import MODEL_CONFIG, dataset_files, model_config_for
+    from trainer.model_dir import MODEL_CONFIG, dataset_files, model_config_for
 
     vocab_files = [n for n in dataset_files(dataset_dir) if n.endswith(VOCAB_FILE)]
     if any(not os.path.exists(os.path.join(champion_dir, n))
@@ -192,7 +192,7 @@ def _evaluate(config, trained: dict, champion_dir: str | None, dataset_dir: str,
         return scores
     from trainer.data import load_token_stream
     from trainer.evaluation import evaluate
-    from trainer.train_run import load_trained_model
+    from trainer.model_dir import load_trained_model
 
     stream = load_token_stream(dataset_dir, "test")
     ours, theirs = read_vocab(os.path.join(dataset_dir, VOCAB_FILE)), read_vocab(os.path.join(champion_dir, VOCAB_FILE))
@@ -213,7 +213,7 @@ def _evaluate_bleu(trained: dict, champion_dir: str | None, dataset_dir: str, re
     from pipeline.pair_records import pair_tokenizers
     from serving.translation_eval import corpus_bleu, source_texts
     from trainer.pairs_data import load_pairs
-    from trainer.train_run import load_trained_model
+    from trainer.model_dir import load_trained_model
 
     pairs = load_pairs(dataset_dir, "test")
     tokenizers = pair_tokenizers(trained["model_dir"])

@@ -53,9 +53,9 @@ def existing_versions(model_base: str) -> list[int]:
 def export_model(model_dir: str, base_path: str, model_name: str, default_signature: str = "top_p",
                  max_new_tokens: int = 256, max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS,
                  allow_unk: bool = False) -> ExportResult:
-    """Exports the finished training run in `model_dir` (see trainer.train_run); the
+    """Exports the finished training run in `model_dir` (see trainer.model_dir); the
     limits and `allow_unk` are those of `GenerationModule`."""
-    from trainer.train_run import METRICS, load_trained_model, model_kind  # the trainer's output contract
+    from trainer.model_dir import METRICS, load_trained_model, model_kind  # the trainer's output contract
 
     if not os.path.exists(os.path.join(model_dir, METRICS)):
         raise InputDataError(

@@ -366,7 +366,7 @@ def test_status_answers_while_long_predictions_run(served):
 def test_unk_is_banned_unless_the_export_lets_it_through(trained):
     from pipeline.tokenizer import Tokenizer
     from serving.generation_module import GenerationModule
-    from trainer.train_run import load_trained_model
+    from trainer.model_dir import load_trained_model
 
     root, _ = trained
     model_dir = next((root / "train").glob("*/model"))

@@ -3,14 +3,8 @@
 A training run lives in `train.output_dir/<run key>/`, the key a hash of the dataset
 fingerprint and the model and training settings, so running the same config again
 resumes an interrupted run from its checkpoint, or finds it finished and does nothing.
-The finished model is written to `<run dir>/model/` under a temporary name first:
+The finished model is the model folder (`trainer.model_dir`: `<run dir>/model/`).
 
-    model/model_config.json   rebuilds the LanguageModel (build_language_model)
-    model/model.weights.h5    the weights with the best valid perplexity
-    model/metrics.json        valid/test perplexity, parameter count, epochs, run id
-    model/vocab.txt, tokenizer.json, stats.json   the dataset's, for export
-
-Example:
 The MLflow run records the params, per-epoch metrics, the dataset's splits as inputs,
 system metrics and the model folder (artifact `model`). The model is registered when it
 is exported (`serving.mlflow_model.register_export`: the registry holds the SavedModel).
@@ -24,10 +18,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -35,23 +26,19 @@ import keras
 
 from pipeline.config import PipelineConfig
 from pipeline.config_loader import flatten_config
-from pipeline.constants import STATS_FILE, TOKENIZER_FILE, VOCAB_FILE
+from pipeline.constants import STATS_FILE
 from pipeline.errors import ClusterError, InputDataError
-from trainer.curves import plot_learning_curves
 from trainer.data import load_token_stream, num_windows
 from trainer.distribute import make_strategy
 from trainer.hardware import precision_warning
-from trainer.language_model import build_language_model
+from trainer.model_dir import (
+    METRICS, MODEL_DIR, WEIGHTS, build_model, model_config_for, read_json, run_dir_for, write_model_dir, write_text,
+)
 from trainer.pairs_data import load_pairs
-from trainer.seq2seq_model import build_seq2seq_model
 from trainer.seq2seq_training import Seq2SeqTrainer
 from trainer.tracking import MODEL_ARTIFACT, RunTracker
 from trainer.training import Trainer, is_chief
 
-MODEL_DIR = "model"
-MODEL_CONFIG = "model_config.json"
-WEIGHTS = "model.weights.h5"
-METRICS = "metrics.json"
 _RUN_ID_FILE = "mlflow_run_id"
 
 
@@ -63,54 +50,6 @@ class TrainResult:
     skipped: bool
 
 
-_LM_MODEL_KEYS = ("cell", "embedding_dim", "hidden_dim", "num_layers", "dropout", "recurrent_dropout",
-                  "tie_embeddings")
-
-
-def model_config_for(config: PipelineConfig, stats: dict) -> dict:
-    """The constructor arguments of the model `config` describes (model_config.json)."""
-    m = config.model
-    common = {
-        "embedding_dim": m.embedding_dim, "hidden_dim": m.hidden_dim, "num_layers": m.num_layers,
-        "cell": m.cell, "dropout": m.dropout, "recurrent_dropout": m.recurrent_dropout,
-        "tie_embeddings": m.tie_embeddings, "init_scale": config.train.init_scale,
-        "precision": config.train.precision,
-    }
-    if m.kind == "lm":
-        return {"vocab_size": stats["vocab_size"], **common}
-    return {
-        "kind": "seq2seq", **_pair_vocab_sizes(stats), **common,
-        "encoder_layers": m.encoder_layers or m.num_layers, "attention": m.attention,
-        "attention_score": m.attention_score, "bidirectional_encoder": m.bidirectional_encoder,
-        "input_feeding": m.input_feeding,
-    }
-
-
-def _pair_vocab_sizes(stats: dict) -> dict:
-    return {f"{side}_vocab_size": stats["vocab"][side]["size"] for side in ("source", "target")}
-
-
-def build_model(model_config: dict):
-    """A built LanguageModel or Seq2SeqModel from `model_config.json`'s content."""
-    if model_config.get("kind", "lm") == "seq2seq":
-        return build_seq2seq_model(model_config)
-    return build_language_model(model_config)
-
-
-def run_dir_for(config: PipelineConfig, fingerprint: str, start_from: str = "") -> str:
-    """`train.output_dir/<key>`: the key covers the data, everything that changes training,
-    and `start_from` (the run key of warm-start weights, if any)."""
-    train = config.train.model_dump(exclude={"output_dir", "checkpoint_every", "warm_start"})
-    model = config.model.model_dump()
-    if config.model.kind == "lm":  # the language model's keys only: older run keys stay valid
-        model = {k: model[k] for k in _LM_MODEL_KEYS}
-    if config.train.distribute == "none":
-        train.pop("distribute")
-    body = json.dumps({"data": fingerprint, "model": model, "train": train,
-                       "start_from": start_from}, sort_keys=True)
-    return os.path.join(config.train.output_dir, hashlib.sha256(body.encode()).hexdigest()[:16])
-
-
 def train_language_model(config: PipelineConfig, dataset_dir: str, verbose: bool = True,
                          warm_start_dir: str | None = None) -> TrainResult:
     """Trains (or resumes, or finds finished) the model that `config` describes.
@@ -120,12 +59,12 @@ def train_language_model(config: PipelineConfig, dataset_dir: str, verbose: bool
             caller checks that its vocabulary and shape match).
     """
     strategy = make_strategy(config.train.distribute)  # before TensorFlow's first op
-    stats = _read_json(os.path.join(dataset_dir, STATS_FILE))
-    start_from = _read_json(os.path.join(warm_start_dir, METRICS))["run_key"] if warm_start_dir else ""
+    stats = read_json(os.path.join(dataset_dir, STATS_FILE))
+    start_from = read_json(os.path.join(warm_start_dir, METRICS))["run_key"] if warm_start_dir else ""
     run_dir = run_dir_for(config, stats["fingerprint"], start_from)
     model_dir = os.path.join(run_dir, MODEL_DIR)
     if os.path.exists(os.path.join(model_dir, METRICS)):
-        return TrainResult(run_dir, model_dir, _read_json(os.path.join(model_dir, METRICS)), True)
+        return TrainResult(run_dir, model_dir, read_json(os.path.join(model_dir, METRICS)), True)
     seq2seq = config.model.kind == "seq2seq"
     _check_dataset_kind(config, stats, dataset_dir)
     streams = {s: (load_pairs if seq2seq else load_token_stream)(dataset_dir, s) for s in ("train", "valid", "test")}
@@ -158,7 +97,7 @@ def train_language_model(config: PipelineConfig, dataset_dir: str, verbose: bool
     name = "seq2seq" if seq2seq else config.model.cell
     run_id = tracker.start(f"{name}-{os.path.basename(run_dir)}", params, _tags(stats), run_id)
     tracker.log_datasets(dataset_dir, stats)
-    _write_text(os.path.join(run_dir, _RUN_ID_FILE), run_id)
+    write_text(os.path.join(run_dir, _RUN_ID_FILE), run_id)
     slow = precision_warning(config.train.precision)
     if slow:
         print(f"lmpipe: warning: {slow}", file=sys.stderr, flush=True)
@@ -191,7 +130,7 @@ def train_language_model(config: PipelineConfig, dataset_dir: str, verbose: bool
         "mlflow_run_id": run_id, "dataset_dir": dataset_dir, "fingerprint": stats["fingerprint"],
         "run_key": os.path.basename(run_dir), "warm_start_from": start_from or None,
     }
-    _write_model_dir(model_dir, model, model_config, metrics, history, dataset_dir)
+    write_model_dir(model_dir, model, model_config, metrics, history, dataset_dir)
     tracker.log_metrics({"test_ppl": test.perplexity, "test_loss": test.loss,
                          "test_bits_per_token": test.bits_per_token, "best_valid_ppl": valid.perplexity})
     tracker.log_artifacts(model_dir, MODEL_ARTIFACT)
@@ -214,37 +153,6 @@ def _fit_in_cluster(trainer: Trainer, streams: dict, on_epoch_end=None) -> list[
             f"TF_CONFIG and they resume from the chief's last checkpoint in {trainer.checkpoint_dir}") from e
 
 
-def _write_model_dir(model_dir, model, model_config, metrics, history, dataset_dir) -> None:
-    tmp = model_dir + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    _write_text(os.path.join(tmp, MODEL_CONFIG), json.dumps(model_config, indent=2) + "\n")
-    model.save_weights(os.path.join(tmp, WEIGHTS))
-    for name in dataset_files(dataset_dir):
-        shutil.copy(os.path.join(dataset_dir, name), os.path.join(tmp, name))
-    _write_text(os.path.join(tmp, "history.json"), json.dumps(history, indent=2) + "\n")
-    plot_learning_curves(history, os.path.join(tmp, "learning_curves.png"))
-    _write_text(os.path.join(tmp, METRICS), json.dumps(metrics, indent=2) + "\n")  # last: marks complete
-    if os.path.exists(model_dir):  # a finish that crashed before metrics.json: never complete
-        shutil.rmtree(model_dir)
-    os.replace(tmp, model_dir)
-
-
-def dataset_files(dataset_dir: str) -> list[str]:
-    """The dataset's files a model folder carries for export: stats, and the vocabulary
-    and tokenizer files (one pair, or a source and a target pair)."""
-    names = [STATS_FILE]
-    for prefix in ("", "source_", "target_"):
-        if os.path.exists(os.path.join(dataset_dir, prefix + VOCAB_FILE)):
-            names += [prefix + VOCAB_FILE, prefix + TOKENIZER_FILE]
-    return names
-
-
-def model_kind(model_dir: str) -> str:
-    """"lm" or "seq2seq": the kind of a finished run's model folder."""
-    return _read_json(os.path.join(model_dir, MODEL_CONFIG)).get("kind", "lm")
-
-
 def _check_dataset_kind(config: PipelineConfig, stats: dict, dataset_dir: str) -> None:
     pairs = stats.get("kind") == "pairs"
     if pairs != (config.model.kind == "seq2seq"):
@@ -252,13 +160,6 @@ def _check_dataset_kind(config: PipelineConfig, stats: dict, dataset_dir: str) -
         raise InputDataError(
             f"model.kind={config.model.kind} cannot train on {dataset_dir}, which holds {have}; use "
             + ("model.kind: seq2seq" if pairs else "data.format: pairs | pairs_tsv | pairs_jsonl with model.kind: seq2seq"))
-
-
-def load_trained_model(model_dir: str):
-    """The LanguageModel or Seq2SeqModel of a finished run's `model/` folder, weights loaded."""
-    model = build_model(_read_json(os.path.join(model_dir, MODEL_CONFIG)))
-    model.load_weights(os.path.join(model_dir, WEIGHTS))
-    return model
 
 
 def _tags(stats: dict) -> dict[str, str]:
@@ -287,15 +188,3 @@ def _git_commit() -> str:
 def _previous_run_id(run_dir: str) -> str | None:
     path = os.path.join(run_dir, _RUN_ID_FILE)
     return open(path).read().strip() if os.path.exists(path) else None
-
-
-def _read_json(path: str) -> dict:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def _write_text(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)

@@ -39,7 +39,7 @@ def test_prompts(tokenizer, dataset_dir: str, count: int = 16, words: int = 4) -
 def run_report(name: str, config: PipelineConfig, model_dir: str, text: str | None = None) -> str:
     """Writes report `name` under `<run dir>/reports/` and logs it to the model's MLflow run."""
     from pipeline.tokenizer import Tokenizer
-    from trainer.train_run import load_trained_model, model_kind
+    from trainer.model_dir import load_trained_model, model_kind
 
     if name not in REPORTS:
         raise ValueError(f"unknown report {name!r}; choose one of {REPORTS}")
