@@ -142,6 +142,14 @@ def test_champion_and_stable_label_agree_and_old_versions_stay_usable(tmp_path, 
     assert main(["run", *worse]) == 10  # v2: challenger, export 2
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     assert read_models_config(str(tmp_path / "export"))["labels"] == {"stable": 1}
+    # Two LoggedModels now: search_logged_models ranks them by their linked test perplexity.
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    ranked = mlflow.search_logged_models(output_format="list", order_by=[
+        {"field_name": "metrics.test_ppl", "ascending": True}], experiment_ids=[
+        client.get_run(client.get_model_version("lm", "1").run_id).info.experiment_id])
+    ppl = {client.get_model_version("lm", v).tags["model_id"]: float(client.get_model_version("lm", v).tags["test_ppl"])
+           for v in ("1", "2")}
+    assert [m.model_id for m in ranked] == sorted(ppl, key=ppl.get) and ppl[ranked[0].model_id] < ppl[ranked[1].model_id]
 
     # A champion set by hand in MLflow is what the next run serves.
     client.set_registered_model_alias("lm", "champion", "2")

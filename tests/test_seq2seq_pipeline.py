@@ -71,8 +71,16 @@ def test_lmpipe_run_trains_exports_and_promotes_a_seq2seq_model(tmp_path, capsys
     # The MLflow run holds the BLEU metrics; the registry version the decision.
     from mlflow.tracking import MlflowClient
 
-    run = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(manifest["mlflow_run_id"])
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    run = client.get_run(manifest["mlflow_run_id"])
     assert run.data.metrics["test_bleu_greedy"] == pytest.approx(bleu["test"]["greedy"]["bleu"])
+    # ... and the registered version is the export as an MLflow Model, its BLEU linked to it.
+    version = client.get_model_version("lmpipe-lm", manifest["registered_version"])
+    assert version.source.startswith("models:/m-") and version.tags["export_path"] == stages["export"]["path"]
+    model = client.get_logged_model(version.tags["model_id"])
+    linked = {m.key: m.value for m in model.metrics}
+    assert linked["test_bleu_greedy"] == pytest.approx(stages["evaluate"]["new"])
+    assert {"valid_ppl", "test_ppl"} <= set(linked)
 
     # The export answers raw source strings in a process of its own (TF Serving's contract).
     from serving.local_predict import predict_local
