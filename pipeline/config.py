@@ -27,6 +27,9 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
+    """`data:` the corpus (or text pairs), its format and its split. Example:
+    `DataConfig(train=["corpus/*.txt"], format="lines").valid_fraction` -> 0.1."""
+
     # File globs (or a list of them). `builtin:python-docs` is the demo corpus.
     train: Globs = Field(default_factory=lambda: ["builtin:python-docs"])
     # Empty: split documents of `train` by a stable hash with the fractions below.
@@ -157,6 +160,9 @@ class DataConfig(_Section):
 
 
 class TokenizerConfig(_Section):
+    """`tokenizer:` word, char or subword (WordPiece) pieces and the learned vocabulary.
+    Example: `TokenizerConfig(kind="char").max_vocab` -> 10000."""
+
     kind: Literal["word", "char", "subword"] = "word"
     lowercase: bool = True
     # Learned entries, not counting the reserved <pad> <unk> <bos> <eos>.
@@ -171,6 +177,9 @@ class TokenizerConfig(_Section):
 
 
 class PreprocessConfig(_Section):
+    """`preprocess:` where the dataset folders go and how the Beam pipeline reads and batches.
+    Example: `PreprocessConfig().output_dir` -> "work/data"."""
+
     output_dir: str = "work/data"  # one sub-folder per dataset fingerprint
     num_shards: int = Field(0, ge=0)  # 0: one shard per bundle (no shuffle), as the runner decides
     drop_empty_lines: bool = True
@@ -183,6 +192,9 @@ class PreprocessConfig(_Section):
 
 
 class ModelConfig(_Section):
+    """`model:` the LSTM (or RNN) language model, or the attention seq2seq model (`kind`).
+    Example: `ModelConfig().hidden_dim` -> 200 (Zaremba's small shape with tied embeddings)."""
+
     cell: Literal["lstm", "rnn"] = "lstm"
     embedding_dim: int = Field(200, ge=1)
     hidden_dim: int = Field(200, ge=1)
@@ -214,6 +226,9 @@ class ModelConfig(_Section):
 
 
 class TrainConfig(_Section):
+    """`train:` truncated BPTT windows, optimiser and schedule, precision, distribution.
+    Example: `TrainConfig(epochs=2).bptt` -> 35."""
+
     output_dir: str = "work/train"
     batch_size: int = Field(20, ge=1)
     bptt: int = Field(35, ge=1)
@@ -240,6 +255,9 @@ class TrainConfig(_Section):
 
 
 class TrackingConfig(_Section):
+    """`tracking:` the MLflow tracking URI, experiment, registered model and system metrics.
+    Example: `TrackingConfig().registered_model` -> "lmpipe-lm"."""
+
     uri: str = "sqlite:///work/mlflow.db"
     experiment: str = Field("lmpipe", min_length=1)
     registered_model: str = Field("lmpipe-lm", min_length=1)
@@ -248,6 +266,9 @@ class TrackingConfig(_Section):
 
 
 class ExportConfig(_Section):
+    """`export:` the TF Serving base path and model name, the default signature and limits.
+    Example: `ExportConfig().default_signature` -> "top_p"."""
+
     base_path: str = "work/export"
     model_name: str = Field("lm", pattern=r"^[A-Za-z0-9_.-]+$")
     default_signature: Literal["greedy", "beam_search", "sample", "top_k", "top_p"] = "top_p"
@@ -278,6 +299,9 @@ class BatchingConfig(_Section):
 
 
 class ServeConfig(_Section):
+    """`serve:` `lmpipe serve`'s ports, request limits and batching.
+    Example: `ServeConfig().grpc_port` -> 8500."""
+
     host: str = "127.0.0.1"
     port: int = Field(8501, ge=1, le=65535)
     grpc_port: int = Field(8500, ge=0, le=65535)  # TF Serving's gRPC API; 0: off
@@ -289,6 +313,9 @@ class ServeConfig(_Section):
 
 
 class PromoteConfig(_Section):
+    """`promote:` when a new model becomes the champion, and canaries.
+    Example: `PromoteConfig().min_improvement` -> 0.0."""
+
     # A new model becomes champion only if its test perplexity is below
     # champion_ppl * (1 - min_improvement) (seq2seq: its greedy test BLEU above
     # champion_bleu * (1 + min_improvement)), both measured on the same test data.
@@ -297,6 +324,9 @@ class PromoteConfig(_Section):
 
 
 class RunConfig(_Section):
+    """`run:` where `lmpipe run` keeps its manifests, lock and log, and whether it reports.
+    Example: `RunConfig().work_dir` -> "work/runs"."""
+
     work_dir: str = "work/runs"  # run manifests and the lock of `lmpipe run`
     log_file: str = "work/runs/lmpipe-run.log"  # where scheduled runs append their output
     reports: bool = True  # attach the decoding report to every newly trained model
