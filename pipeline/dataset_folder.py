@@ -35,6 +35,9 @@ SPLIT_STATS = "_split_stats"  # the pipeline's per-split sums (JSON lines), read
 
 @dataclasses.dataclass(frozen=True)
 class PreprocessResult:
+    """A dataset folder, its fingerprint, whether it already existed (skipped), and its
+    stats.json. Example: `run_preprocess(config).dataset_dir` -> "work/data/3f9c..."."""
+
     dataset_dir: str
     fingerprint: str
     skipped: bool
@@ -128,5 +131,6 @@ def publish(tmp_dir: str, final_dir: str) -> None:
 
 
 def write_text(path: str, text: str) -> None:
+    """Writes UTF-8 `text` to `path` through Beam's FileSystems (local or gs:// alike)."""
     with FileSystems.create(path) as f:
         f.write(text.encode("utf-8"))

@@ -28,6 +28,8 @@ _DEAD = NEG_INF / 2  # scores below this are not hypotheses
 
 
 class BeamOutput(NamedTuple):
+    """Beam search's W best hypotheses per row, best first (`beam_search`'s example shows the shapes)."""
+
     token_ids: tf.Tensor  # int32 [B, W, T], best hypothesis first, 0-padded
     lengths: tf.Tensor  # int32 [B, W]
     log_prob: tf.Tensor  # float32 [B, W] model log-probability of each hypothesis

@@ -39,6 +39,8 @@ EXPORT_META = "lmpipe_export.json"
 
 @dataclasses.dataclass(frozen=True)
 class ExportResult:
+    """A written version: its folder and number, e.g. ExportResult(path="work/export/lm/3", version=3)."""
+
     path: str
     version: int
 

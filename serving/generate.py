@@ -34,6 +34,8 @@ STREAM_METHODS = ("greedy", "sample", "top_k", "top_p")  # the `method` input's 
 
 
 class DecodeOutput(NamedTuple):
+    """One continuation per row from `generate`: e.g. token_ids [2, 32], lengths [2], log_prob [2]."""
+
     token_ids: tf.Tensor  # int32 [B, T] new tokens (an <eos> included), 0-padded
     lengths: tf.Tensor  # int32 [B]
     log_prob: tf.Tensor  # float32 [B] model log-probability of the new tokens

@@ -30,6 +30,9 @@ from serving.warmup import WARMUP_FILE, read_warmup_requests
 
 @dataclasses.dataclass
 class LoadedVersion:
+    """One served version: number, folder, its Session-loaded model, SignatureDefs and
+    lmpipe_export.json. Example: `versions.latest().version` -> 3."""
+
     version: int
     path: str
     model: SessionModel  # loaded as TF Serving loads it: a Session over the MetaGraph

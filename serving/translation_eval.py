@@ -31,6 +31,9 @@ from serving.strategies import get_strategy
 
 @dataclasses.dataclass(frozen=True)
 class BleuResult:
+    """Corpus BLEU of one decoding method (sacrebleu), with what it was computed from.
+    Example: `corpus_bleu(model, tokenizers, pairs).score` -> 38.69."""
+
     method: str
     score: float
     signature: str

@@ -21,19 +21,25 @@ import tensorflow as tf
 
 @dataclasses.dataclass(frozen=True)
 class EvalResult:
+    """Summed negative log-likelihood over `tokens` predictions. Example:
+    `EvalResult(nll=4.6 * 100, tokens=100).perplexity` -> 99.48 (exp of the mean loss)."""
+
     nll: float  # total negative log-likelihood, nats
     tokens: int  # predicted tokens
 
     @property
     def loss(self) -> float:
+        """Mean negative log-likelihood per token, nats."""
         return self.nll / max(self.tokens, 1)
 
     @property
     def perplexity(self) -> float:
+        """exp(mean loss)."""
         return math.exp(self.loss)
 
     @property
     def bits_per_token(self) -> float:
+        """Mean loss in bits (nats / ln 2)."""
         return self.loss / math.log(2)
 
 

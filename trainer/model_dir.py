@@ -126,11 +126,13 @@ def load_trained_model(model_dir: str):
 
 
 def read_json(path: str) -> dict:
+    """The JSON object in `path` (UTF-8)."""
     with open(path, encoding="utf-8") as f:
         return json.load(f)
 
 
 def write_text(path: str, text: str) -> None:
+    """Writes `text` to `path` through a temporary file and a rename (never half a file)."""
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)

@@ -26,6 +26,9 @@ from trainer.tracking import MODEL_ARTIFACT, check_tracking_uri
 
 
 class ModelRegistry:
+    """One registered model of an MLflow registry: its versions, aliases and tags (see the
+    module's example)."""
+
     def __init__(self, uri: str, name: str) -> None:
         check_tracking_uri(uri)
         self.uri = uri
@@ -33,24 +36,29 @@ class ModelRegistry:
         self.name = name
 
     def version_with_alias(self, alias: str) -> ModelVersion | None:
+        """The version `alias` names, or None (no such alias or no such model)."""
         try:
             return self.client.get_model_version_by_alias(self.name, alias)
         except mlflow.exceptions.MlflowException:
             return None
 
     def version(self, number: str | int) -> ModelVersion | None:
+        """Version `number`, or None."""
         try:
             return self.client.get_model_version(self.name, str(number))
         except mlflow.exceptions.MlflowException:
             return None
 
     def set_alias(self, alias: str, version: str) -> None:
+        """Points `alias` (champion, challenger) at `version`."""
         self.client.set_registered_model_alias(self.name, alias, str(version))
 
     def set_tag(self, version: str, key: str, value: str) -> None:
+        """Sets one tag of `version` (export_version, decision, ...)."""
         self.client.set_model_version_tag(self.name, str(version), key, value)
 
     def versions(self) -> list[ModelVersion]:
+        """Every version of the model ([] when it is not registered yet)."""
         try:
             return list(self.client.search_model_versions(f"name='{self.name}'"))
         except mlflow.exceptions.MlflowException:

@@ -155,13 +155,16 @@ class RunTracker:
         self._safe("log the datasets", lambda: self.client.log_inputs(self.run_id, datasets=inputs))
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Logs `metrics` at `step` (0 when None); a failure is a warning."""
         self._safe("log metrics", lambda: self.client.log_batch(self.run_id, metrics=[
             mlflow.entities.Metric(k, float(v), _now_ms(), step or 0) for k, v in metrics.items()]))
 
     def log_artifacts(self, local_dir: str, artifact_path: str | None = None) -> None:
+        """Uploads `local_dir` under `artifact_path` of the run; a failure is a warning."""
         self._safe("log artifacts", lambda: self.client.log_artifacts(self.run_id, local_dir, artifact_path))
 
     def end(self, status: str = "FINISHED") -> None:
+        """Stops the system metrics and ends the run with `status` (FINISHED, KILLED)."""
         if self._monitor is not None:
             self._safe("finish system metrics", self._monitor.finish)
             self._monitor = None

@@ -44,6 +44,9 @@ _RUN_ID_FILE = "mlflow_run_id"
 
 @dataclasses.dataclass(frozen=True)
 class TrainResult:
+    """What `train_language_model` did: the run and model folders, metrics.json's content, and
+    whether a finished model was found (skipped). Example: `result.metrics["test_ppl"]` -> 118.4."""
+
     run_dir: str
     model_dir: str
     metrics: dict
