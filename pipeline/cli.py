@@ -82,6 +82,7 @@ def _load(args):
 
 
 def cmd_config_show(args, extra: list[str]) -> int:
+    """`lmpipe config show`: prints the effective config (file + --set) as YAML."""
     from pipeline.config_loader import dump_config
 
     print(dump_config(_load(args)), end="")
@@ -89,6 +90,7 @@ def cmd_config_show(args, extra: list[str]) -> int:
 
 
 def cmd_preprocess(args, beam_args: list[str]) -> int:
+    """`lmpipe preprocess`: writes (or finds) the dataset folder and prints its counts."""
     config = _load(args)
     from pipeline.preprocess import run_preprocess
 
@@ -121,6 +123,7 @@ def _dataset_for(config) -> str:
 
 
 def cmd_train(args, extra: list[str]) -> int:
+    """`lmpipe train`: trains (or resumes, or finds) the model and prints its metrics."""
     config = _load(args)
     dataset_dir = _dataset_for(config)
     from trainer.train_run import train_language_model
@@ -142,6 +145,7 @@ def cmd_train(args, extra: list[str]) -> int:
 
 
 def cmd_evaluate(args, extra: list[str]) -> int:
+    """`lmpipe evaluate`: one JSON line per split (perplexity; seq2seq: BLEU)."""
     config = _load(args)
     from trainer.data import load_token_stream
     from trainer.evaluation import evaluate
@@ -229,6 +233,7 @@ def _export_from_registry(config, source: str, check: bool) -> int:
 
 
 def cmd_check_export(args, extra: list[str]) -> int:
+    """`lmpipe check-export DIR`: the clean-process TF Serving check of one version."""
     if not os.path.isdir(args.export_dir):
         raise InputDataError(f"no export version folder {args.export_dir}; give a folder such as "
                              "work/export/lm/1 (lmpipe export writes them)")
@@ -252,6 +257,8 @@ def _report_check(path: str) -> int:
 
 
 def cmd_serve(args, extra: list[str]) -> int:
+    """`lmpipe serve`: TF Serving's REST and gRPC APIs over the export base path (or
+    --print-tf-serving-command)."""
     config = _load(args)
     from serving.batching import BatchingParameters
     from serving.server import ServerLimits, serve
@@ -277,6 +284,7 @@ def cmd_serve(args, extra: list[str]) -> int:
 
 
 def cmd_run(args, beam_args: list[str]) -> int:
+    """`lmpipe run`: every stage under the lock; exits with the manifest's code (0, 10, 11)."""
     config = _load(args)
     from pipeline.scheduled_run import run_pipeline
 
@@ -294,6 +302,7 @@ def cmd_run(args, beam_args: list[str]) -> int:
 
 
 def cmd_schedule(args, extra: list[str]) -> int:
+    """`lmpipe schedule`: prints (or installs) a crontab line or systemd units."""
     from pipeline.schedule import schedule_command
 
     print(schedule_command(args.config, args.cron, systemd=args.systemd, install=args.install,
@@ -302,6 +311,7 @@ def cmd_schedule(args, extra: list[str]) -> int:
 
 
 def cmd_report(args, extra: list[str]) -> int:
+    """`lmpipe report NAME`: writes an insight report and logs it to the model's MLflow run."""
     config = _load(args)
     model_dir = _trained_model_dir(config, args.model_dir)
     from pipeline.reports.run_reports import run_report
@@ -329,6 +339,8 @@ def _warn_counted(split: str, s: dict) -> None:
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
+    """The argument parser and each subcommand's handler. Example:
+    `build_parser()[0].parse_args(["train"]).command` -> "train"."""
     parser = argparse.ArgumentParser(
         prog="lmpipe", description="Train LSTM language models and serve text generation.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -425,6 +437,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `lmpipe` entry point: parses `argv`, runs the subcommand, and returns its exit
+    code (an LmpipeError prints one line and returns its code). Example: `main(["config",
+    "show"])` -> 0."""
     parser, handlers = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and args.command not in ("preprocess", "run"):

@@ -46,6 +46,10 @@ def request_instances(prompts: list[str], method: str, input_name: str = "prompt
 
 
 class ServingClient:
+    """TF Serving's REST API for one model (and version): status, metadata, Predict, and
+    generate/score/stream helpers. Example:
+    `ServingClient("http://127.0.0.1:8501", "lm").generate(["the"], method="greedy")[0]["text"]`."""
+
     def __init__(self, url: str, model: str, version: int | None = None, timeout: float = 120) -> None:
         """`url`: http://host:port (TF Serving's REST port is 8501); ValueError without a scheme."""
         if not url.startswith(("http://", "https://")):
@@ -58,12 +62,15 @@ class ServingClient:
         self._prompt_inputs: dict[str, str] = {}  # signature -> its strings input, from metadata
 
     def status(self) -> dict:
+        """GET the model (or version) status, TF Serving's JSON."""
         return self._call("GET", self.base)
 
     def metadata(self) -> dict:
+        """GET the signature metadata, TF Serving's JSON."""
         return self._call("GET", self.base + "/metadata")
 
     def predict(self, signature: str, instances: list | None = None, inputs: dict | None = None) -> dict:
+        """POST :predict with rows (`instances`) or columns (`inputs`); TF Serving's answer."""
         body = {"signature_name": signature}
         body.update({"instances": instances} if instances is not None else {"inputs": inputs})
         return self._call("POST", self.base + ":predict", body)
@@ -126,6 +133,7 @@ class ServingClient:
                 connection.close()
 
     def score(self, texts: list[str]) -> list[dict]:
+        """log_prob, tokens and perplexity of each text (the `score` signature)."""
         return self.predict("score", [{"text": t} for t in texts])["predictions"]
 
     def _call(self, method: str, url: str, body: dict | None = None) -> dict:
@@ -192,6 +200,7 @@ class GrpcServingClient(ServingClient):
         self._models = model_service_pb2_grpc.ModelServiceStub(channel)
 
     def status(self) -> dict:
+        """ModelService.GetModelStatus, in the REST layout."""
         from google.protobuf import json_format
         from tensorflow_serving.apis import get_model_status_pb2
 
@@ -200,6 +209,7 @@ class GrpcServingClient(ServingClient):
         return json_format.MessageToDict(response, preserving_proto_field_name=True)
 
     def metadata(self) -> dict:
+        """PredictionService.GetModelMetadata (signature_def), in the REST layout."""
         from google.protobuf import json_format
         from tensorflow_serving.apis import get_model_metadata_pb2
 
@@ -215,6 +225,7 @@ class GrpcServingClient(ServingClient):
                 "metadata": {"signature_def": {"signature_def": as_json}}}
 
     def predict(self, signature: str, instances: list | None = None, inputs: dict | None = None) -> dict:
+        """PredictionService.Predict; the answer in the REST layout (predictions or outputs)."""
         import tensorflow as tf
         from tensorflow_serving.apis import predict_pb2
 

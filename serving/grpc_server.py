@@ -54,10 +54,14 @@ def _text(name: str, value: bytes) -> str:
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
+    """tensorflow.serving.PredictionService over the Predictor (same versions, labels,
+    batching, checks and messages as REST)."""
+
     def __init__(self, predictor: Predictor) -> None:
         self.predictor = predictor
 
     def Predict(self, request, context):  # noqa: N802 - the proto's name
+        """PredictRequest -> PredictResponse; a refusal aborts with TF Serving's status code."""
         spec, started = request.model_spec, time.perf_counter()
         signature = spec.signature_name or "serving_default"
         try:
@@ -80,6 +84,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         return response
 
     def GetModelMetadata(self, request, context):  # noqa: N802
+        """The signature_def metadata of a version, as TF Serving answers it."""
         spec = request.model_spec
         if list(request.metadata_field) != ["signature_def"]:
             _abort(context, BadRequest(f"metadata_field must be ['signature_def'], got {list(request.metadata_field)}"))
@@ -96,10 +101,13 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
+    """tensorflow.serving.ModelService's GetModelStatus over the Predictor's versions."""
+
     def __init__(self, predictor: Predictor) -> None:
         self.predictor = predictor
 
     def GetModelStatus(self, request, context):  # noqa: N802
+        """The state of every served version (or of the one asked for)."""
         spec = request.model_spec
         try:
             loaded = _resolve(self.predictor, spec)

@@ -68,10 +68,13 @@ def _as_blocks(x, block: int):
 
 
 class Greedy:
+    """The most likely token of each row (ties: the lowest id)."""
+
     name = "greedy"
     uses_random = False
 
     def select(self, logits, knobs: Knobs, u) -> tf.Tensor:
+        """logits [B, V] -> token [B] int32 (`u` unused)."""
         return tf.argmax(logits, axis=1, output_type=tf.int32)
 
 
@@ -82,6 +85,7 @@ class Sample:
     uses_random = True
 
     def select(self, logits, knobs: Knobs, u) -> tf.Tensor:
+        """logits [B, V], uniforms u [B] -> token [B]: the inverse CDF of softmax(logits) at u."""
         return inverse_cdf(tf.nn.softmax(logits), u)
 
 
@@ -94,6 +98,7 @@ class TopK:
     uses_random = True
 
     def select(self, logits, knobs: Knobs, u) -> tf.Tensor:
+        """logits [B, V], u [B] -> token [B] drawn from each row's k most likely tokens."""
         vocab = tf.shape(logits)[1]
         k = tf.clip_by_value(knobs.k, 1, vocab)
         values, indices = tf.math.top_k(logits, k=tf.reduce_max(k))
@@ -130,6 +135,7 @@ class TopP:
     spread = 2.5
 
     def select(self, logits, knobs: Knobs, u) -> tf.Tensor:
+        """logits [B, V], u [B] -> token [B] drawn from each row's nucleus (mass p, ties kept)."""
         probs = tf.nn.softmax(logits)
         tau = self.threshold(probs, knobs.p)
         return inverse_cdf(tf.where(probs >= tau[:, None], probs, 0.0), u)
