@@ -17,48 +17,15 @@ server); lmpipe run adds 10 not better, 11 locked.
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import sys
+from typing import Callable
 
-# Before anything imports TensorFlow: its C++ log (oneDNN, CUDA probing, cuInit on a machine
-# without a GPU) is noise on a command line; TF_CPP_MIN_LOG_LEVEL=0 brings it back.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import sys  # noqa: E402
-from typing import Callable  # noqa: E402
-
-from pipeline.errors import InputDataError, LmpipeError  # noqa: E402
-from pipeline.generate_command import cmd_generate  # noqa: E402
-
-# Import-time warnings of optional extras this project does not use (Beam's GCP client).
-_IMPORT_NOISE = (("root", "apitools not found"),)
-
-
-def _import_tensorflow_quietly() -> None:
-    """Imports TensorFlow and probes its devices with the process's stderr (fd 2) on
-    /dev/null: TensorFlow's C++ logs lines before absl::InitializeLog() whatever
-    TF_CPP_MIN_LOG_LEVEL says (oneDNN, CUDA probing, cuInit). Python errors still surface
-    (raised after stderr is back); TF_CPP_MIN_LOG_LEVEL=0 skips this and shows them all."""
-    if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0":
-        return
-    sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        import tensorflow as tf
-
-        tf.config.list_physical_devices()
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
-class _ImportNoiseFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not any(record.name == name and record.getMessage().startswith(text) for name, text in _IMPORT_NOISE)
+from pipeline.quiet_logs import configure_logging  # first: it sets TF_CPP_MIN_LOG_LEVEL before TensorFlow loads
+from pipeline.errors import InputDataError, LmpipeError
+from pipeline.generate_command import cmd_generate
 
 DEFAULT_CONFIG = "pipeline_config.yaml"
 
@@ -225,9 +192,9 @@ def _export_from_registry(config, source: str, check: bool) -> int:
     registry = ModelRegistry(config.tracking.uri, config.tracking.registered_model)
     options = {"default_signature": config.export.default_signature, "max_new_tokens": config.export.max_new_tokens,
                "max_prompt_tokens": config.export.max_prompt_tokens, "allow_unk": config.export.allow_unk}
-    version, result = export_from_registry(registry, source, config.export.base_path, config.export.model_name,
-                                           options)
-    how = "its SavedModel" if registry.is_mlflow_model(version) else "exported from its Keras model folder"
+    version, result, copied = export_from_registry(registry, source, config.export.base_path,
+                                                   config.export.model_name, options)
+    how = "its SavedModel" if copied else "exported from its Keras model folder"
     print(f"exported {version.name} v{version.version} as version {result.version} ({how}): {result.path}")
     return _report_check(result.path) if check else 0
 
@@ -444,12 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra and args.command not in ("preprocess", "run"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(_ImportNoiseFilter())
-    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # start/stop notices
-    if args.command not in ("config", "schedule"):  # the others run or load models
-        _import_tensorflow_quietly()
+    configure_logging(import_tensorflow=args.command not in ("config", "schedule"))  # the others load models
     try:
         return handlers[args.command](args, extra)
     except LmpipeError as err:

@@ -21,6 +21,7 @@ import dataclasses
 import json
 import os
 import shutil
+import time
 import uuid
 
 import apache_beam as beam
@@ -99,8 +100,6 @@ def read_json_lines(out_dir: str, prefix: str) -> list[dict]:
 
 def stats_header(fingerprint: str, seconds: float) -> dict:
     """The first keys of every stats.json: fingerprint, format version, creation time, seconds."""
-    import time
-
     return {"fingerprint": fingerprint, "format_version": DATASET_FORMAT_VERSION,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seconds": round(seconds, 2)}
 

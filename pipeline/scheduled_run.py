@@ -239,20 +239,14 @@ def _export(config, trained: dict, scores: dict, registry) -> dict:
     """The TF Serving version of the new model (reused if an interrupted run wrote it), its
     serving check, and its registered version: the same SavedModel as an MLflow Model."""
     from serving.check_export import check_export
-    from serving.export import EXPORT_META, existing_versions, export_model
+    from serving.export import export_model, find_export_of
 
     model_dir = trained["model_dir"]
-    base = os.path.join(config.export.base_path, config.export.model_name)
-    for version in existing_versions(base):  # exported by an earlier, interrupted run?
-        meta_path = os.path.join(base, str(version), "assets.extra", EXPORT_META)
-        if os.path.exists(meta_path) and json.load(open(meta_path)).get("source_model_dir") == os.path.abspath(model_dir):
-            path, reused = os.path.join(base, str(version)), True
-            break
-    else:
-        result = export_model(model_dir, config.export.base_path, config.export.model_name,
-                              config.export.default_signature, config.export.max_new_tokens,
-                              config.export.max_prompt_tokens, config.export.allow_unk)
-        version, path, reused = result.version, result.path, False
+    found = find_export_of(os.path.join(config.export.base_path, config.export.model_name), model_dir)
+    result = found or export_model(model_dir, config.export.base_path, config.export.model_name,
+                                   config.export.default_signature, config.export.max_new_tokens,
+                                   config.export.max_prompt_tokens, config.export.allow_unk)
+    version, path, reused = result.version, result.path, found is not None
     report = check_export(path)
     registered = _register(config, registry, trained, path, scores)
     return {"version": version, "path": path, "reused": reused, "check_ok": report["ok"],

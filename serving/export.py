@@ -115,6 +115,29 @@ def publish_copy(saved_model: str, model_base: str) -> ExportResult:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def read_export_meta(version_dir: str) -> dict:
+    """A version's `assets.extra/lmpipe_export.json` ({} for a folder without one)."""
+    path = os.path.join(version_dir, "assets.extra", EXPORT_META)
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def prompt_input(meta: dict) -> str:
+    """The generation signatures' strings input of an export: "source" (seq2seq) or "prompt"."""
+    return "source" if meta.get("kind") == "seq2seq" else "prompt"
+
+
+def find_export_of(model_base: str, model_dir: str) -> ExportResult | None:
+    """The version under `model_base` exported from `model_dir`, if any (an interrupted run's)."""
+    for version in existing_versions(model_base):
+        path = os.path.join(model_base, str(version))
+        if read_export_meta(path).get("source_model_dir") == os.path.abspath(model_dir):
+            return ExportResult(path, version)
+    return None
+
+
 def _publish(tmp: str, model_base: str) -> ExportResult:
     """Renames `tmp` to the next free version; retries if a concurrent export took it."""
     for _ in range(100):

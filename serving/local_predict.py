@@ -36,13 +36,6 @@ def predict_local(export_dir: str, signature: str, instances: list[dict]) -> lis
 def prompt_input(export_dir: str, signature: str) -> str:
     """"source" when the export is a sequence-to-sequence model (its metadata says so), else
     "prompt": the name of the strings input of every generation signature."""
-    import json
-    import os
+    from serving.export import prompt_input, read_export_meta
 
-    from serving.export import EXPORT_META
-
-    meta_path = os.path.join(export_dir, "assets.extra", EXPORT_META)
-    if not os.path.exists(meta_path):
-        return "prompt"
-    with open(meta_path) as f:
-        return "source" if json.load(f).get("kind") == "seq2seq" else "prompt"
+    return prompt_input(read_export_meta(export_dir))

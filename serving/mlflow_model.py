@@ -39,7 +39,7 @@ from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
 from pipeline.constants import STATS_FILE
 from pipeline.errors import InputDataError
 from serving import mlflow_pyfunc_model, saved_model_session
-from serving.export import EXPORT_META, ExportResult, export_model, publish_copy
+from serving.export import EXPORT_META, ExportResult, export_model, prompt_input, publish_copy, read_export_meta
 from serving.knobs import KNOB_SPECS
 from trainer.registry import ModelRegistry
 from trainer.tracking import SplitDataset, check_tracking_uri
@@ -49,14 +49,13 @@ EXAMPLE_TEXT = {"prompt": "the meaning of", "source": "a man is walking ."}
 _SPLIT_METRICS = {"valid": ("valid_ppl", "valid_loss"), "test": ("test_ppl", "test_loss", "test_bits_per_token")}
 
 
-def read_export_meta(export_path: str) -> dict:
-    """The export's `assets.extra/lmpipe_export.json` (versions, options, training metrics)."""
-    path = os.path.join(export_path, "assets.extra", EXPORT_META)
-    if not os.path.exists(path):
-        raise InputDataError(f"{export_path} is not an lmpipe export ({path} is missing); "
+def _export_meta(export_path: str) -> dict:
+    """The export's lmpipe_export.json; an InputDataError for a folder without one."""
+    meta = read_export_meta(export_path)
+    if not meta:
+        raise InputDataError(f"{export_path} is not an lmpipe export (assets.extra/{EXPORT_META} is missing); "
                              "give a version folder that lmpipe export wrote")
-    with open(path) as f:
-        return json.load(f)
+    return meta
 
 
 def param_defaults(meta: dict) -> dict:
@@ -90,7 +89,7 @@ def register_export(tracking_uri: str, registered_model: str, export_path: str, 
         extra_metrics: more test-split metrics to link to the model (e.g. test_bleu_greedy).
     Returns the new registered version; its tags name the TF Serving version and path.
     """
-    meta = read_export_meta(export_path)
+    meta = _export_meta(export_path)
     metrics = meta["metrics"]
     run_id = metrics.get("mlflow_run_id")
     if not run_id:
@@ -115,7 +114,7 @@ def register_export(tracking_uri: str, registered_model: str, export_path: str, 
             model_id=model.model_id, python_model=mlflow_pyfunc_model.__file__,
             code_paths=[saved_model_session.__file__],
             artifacts={mlflow_pyfunc_model.SAVED_MODEL_ARTIFACT: export_path},
-            model_config={"input": _input_name(meta), "defaults": param_defaults(meta),
+            model_config={"input": prompt_input(meta), "defaults": param_defaults(meta),
                           "max_batch_size": max_batch_size, "compute_budget": compute_budget},
             signature=model_signature(meta), input_example=_input_example(meta),
             pip_requirements=[f"tensorflow=={meta['tensorflow']}", f"tensorflow-text=={meta['tensorflow_text']}"])
@@ -149,12 +148,8 @@ def _split_datasets(metrics: dict) -> dict[str, SplitDataset]:
     return {split: SplitDataset(dataset_dir, stats, split) for split in _SPLIT_METRICS}
 
 
-def _input_name(meta: dict) -> str:
-    return "source" if meta.get("kind") == "seq2seq" else "prompt"
-
-
 def _input_example(meta: dict) -> tuple[list[str], dict]:
-    return [EXAMPLE_TEXT[_input_name(meta)]], {"method": "greedy", "max_new_tokens": 8}
+    return [EXAMPLE_TEXT[prompt_input(meta)]], {"method": "greedy", "max_new_tokens": 8}
 
 
 def saved_model_of(mlflow_model_dir: str) -> str:
@@ -182,20 +177,22 @@ def resolve_version(registry: ModelRegistry, uri: str) -> ModelVersion:
 
 
 def export_from_registry(registry: ModelRegistry, uri: str, base_path: str, model_name: str,
-                         export_options: dict) -> tuple[ModelVersion, ExportResult]:
+                         export_options: dict) -> tuple[ModelVersion, ExportResult, bool]:
     """Writes registered version `uri` as a new TF Serving version under
     `<base_path>/<model_name>`: its SavedModel as it is, or (a version registered before
     MLflow models, a Keras model folder) exported with `export_options` (those of
-    `export_model`). The version's export tags then name the new folder."""
+    `export_model`). The version's export tags then name the new folder. Returns the
+    version, the new TF Serving version, and whether it is the registered SavedModel."""
     version = resolve_version(registry, uri)
     registry = ModelRegistry(registry.uri, version.name)
+    copied = registry.is_mlflow_model(version)
     with tempfile.TemporaryDirectory() as tmp:
-        if registry.is_mlflow_model(version):
+        if copied:
             result = publish_copy(saved_model_of(registry.download(version.source, tmp)),
                                   os.path.join(base_path, model_name))
         else:
             result = export_model(registry.download(version.source, tmp), base_path, model_name, **export_options)
     registry.set_tag(version.version, "export_version", str(result.version))
     registry.set_tag(version.version, "export_path", os.path.abspath(result.path))
-    return version, result
+    return version, result, copied
 

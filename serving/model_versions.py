@@ -14,7 +14,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import threading
 import time
@@ -23,7 +22,7 @@ from typing import Callable
 import tensorflow_text  # noqa: F401  (registers the TF Text ops the graph uses)
 from google.protobuf import json_format
 
-from serving.export import EXPORT_META, existing_versions
+from serving.export import existing_versions, read_export_meta
 from serving.saved_model_session import SessionModel
 from serving.warmup import WARMUP_FILE, read_warmup_requests
 
@@ -46,8 +45,7 @@ def load_version(path: str, version: int, warm_up: bool = True) -> LoadedVersion
     model = SessionModel(path)
     defs = {name: json_format.MessageToDict(sig, preserving_proto_field_name=True)
             for name, sig in model.signature_defs.items()}
-    meta_path = os.path.join(path, "assets.extra", EXPORT_META)
-    meta = json.load(open(meta_path)) if os.path.exists(meta_path) else {}
+    meta = read_export_meta(path)
     warmup = os.path.join(path, "assets.extra", WARMUP_FILE)
     if warm_up and os.path.exists(warmup):
         for name, inputs in read_warmup_requests(warmup):
