@@ -36,8 +36,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from pipeline.constants import RESERVED_TOKENS  # noqa: E402
-from pipeline.tokenizer import TokenizerSpec, vocab_file_text  # noqa: E402
+from pipeline.core.constants import RESERVED_TOKENS  # noqa: E402
+from pipeline.core.tokenizer import TokenizerSpec, vocab_file_text  # noqa: E402
 from serving.export import export_model  # noqa: E402
 from serving.knobs import KNOB_SPECS  # noqa: E402
 from trainer.language_model import build_language_model  # noqa: E402

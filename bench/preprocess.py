@@ -51,11 +51,11 @@ def run_baseline(files: dict[str, str], out_dir: str) -> dict:
     """Two passes, one process: learn the vocabulary, then encode and write records."""
     import tensorflow as tf
 
-    from pipeline.config_loader import load_config
-    from pipeline.constants import RESERVED_TOKENS
-    from pipeline.records import encode_example
-    from pipeline.tokenizer import Tokenizer
-    from pipeline.vocabulary import rank_key, spec_of
+    from pipeline.core.config_loader import load_config
+    from pipeline.core.constants import RESERVED_TOKENS
+    from pipeline.core.records import encode_example
+    from pipeline.core.tokenizer import Tokenizer
+    from pipeline.preprocess.vocabulary import rank_key, spec_of
 
     config = load_config(None, SETTINGS)
     spec = spec_of(config.tokenizer)
@@ -93,8 +93,8 @@ def run_baseline(files: dict[str, str], out_dir: str) -> dict:
 
 
 def run_beam(files: dict[str, str], out_dir: str, beam_args: list[str]) -> dict:
-    from pipeline.config_loader import load_config
-    from pipeline.preprocess import run_preprocess
+    from pipeline.core.config_loader import load_config
+    from pipeline.preprocess.run import run_preprocess
 
     overrides = SETTINGS + [f"data.{s}={p}" for s, p in files.items()] + [f"preprocess.output_dir={out_dir}"]
     result = run_preprocess(load_config(None, overrides), beam_args)

@@ -48,8 +48,8 @@ def main() -> None:
     args = parser.parse_args()
     if not os.path.isdir(PTB):
         sys.exit(f"skipped: PTB not found at {os.path.abspath(PTB)}")
-    from pipeline.config_loader import load_config
-    from pipeline.preprocess import run_preprocess
+    from pipeline.core.config_loader import load_config
+    from pipeline.preprocess.run import run_preprocess
     from trainer.train_run import train_language_model
 
     work = args.work or tempfile.mkdtemp(prefix="ptb-bench-")

@@ -84,9 +84,9 @@ def main() -> None:
     args = parser.parse_args()
     if not os.path.isdir(MULTI30K):
         sys.exit(f"skipped: Multi30k not found at {os.path.abspath(MULTI30K)}")
-    from pipeline.config_loader import load_config
-    from pipeline.pair_records import pair_tokenizers
-    from pipeline.preprocess import run_preprocess
+    from pipeline.core.config_loader import load_config
+    from pipeline.core.pair_records import pair_tokenizers
+    from pipeline.preprocess.run import run_preprocess
     from serving.translation_eval import bleu, decode_sources, detokenize
     from trainer.pairs_data import load_pairs
     from trainer.model_dir import load_trained_model

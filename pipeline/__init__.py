@@ -1,7 +1,9 @@
-"""lmpipe's ground floor (config, tokenizer, record format), Beam preprocessing and the CLI.
+"""lmpipe's floors, each a folder; imports point down only (tests/test_layers_contract.py).
 
-Floors (imports only point down):
-  ground:  constants, errors, config, config_loader, tokenizer, records
-  middle:  corpus, reading, vocabulary, split_stats, tokenize_fn, preprocess
-  top:     cli (nothing imports it)
+    pipeline.orchestrate   top: the command line, the scheduled run, its lock, schedules, Airflow
+    pipeline.reports       the training reports (they read model folders and exports)
+    serving                export, decoders, the server and its clients
+    trainer                layers, models, training, MLflow runs and the registry
+    pipeline.preprocess    the Beam stage: corpus -> dataset folder (documents or pairs)
+    pipeline.core          ground: constants, errors, config, tokenizer, record formats
 """

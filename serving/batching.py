@@ -62,7 +62,7 @@ class BatchingParameters:
 
     @classmethod
     def from_config(cls, section) -> "BatchingParameters":
-        """From the config's `serve.batching` section (`pipeline.config.BatchingConfig`)."""
+        """From the config's `serve.batching` section (`pipeline.core.config.BatchingConfig`)."""
         values = section.model_dump(exclude={"enabled"})
         return cls(**{**values, "allowed_batch_sizes": tuple(values["allowed_batch_sizes"])})
 

@@ -27,9 +27,9 @@ import uuid
 
 import tensorflow as tf
 
-from pipeline.errors import InputDataError
-from pipeline.pair_records import pair_tokenizers
-from pipeline.tokenizer import Tokenizer
+from pipeline.core.errors import InputDataError
+from pipeline.core.pair_records import pair_tokenizers
+from pipeline.core.tokenizer import Tokenizer
 from serving.generation_module import DEFAULT_MAX_PROMPT_TOKENS, GenerationModule
 from serving.seq2seq_module import Seq2SeqGenerationModule
 from serving.warmup import WARMUP_FILE, write_warmup_requests

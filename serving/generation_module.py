@@ -49,13 +49,13 @@ from __future__ import annotations
 import tensorflow as tf
 from tensorflow.python.trackable.data_structures import NoDependency
 
-from pipeline.constants import EOS_ID, UNK_ID
-from pipeline.tokenizer import Tokenizer
-from serving.beam_search import beam_search
-from serving.generate import generate
+from pipeline.core.constants import EOS_ID, UNK_ID
+from pipeline.core.tokenizer import Tokenizer
+from serving.decoders.beam_search import beam_search
+from serving.decoders.generate import generate
 from serving.knobs import KNOB_SPECS, Knobs, knob_asserts
-from serving.logits_processors import NEVER_TEXT
-from serving.strategies import get_strategy
+from serving.decoders.logits_processors import NEVER_TEXT
+from serving.decoders.strategies import get_strategy
 from serving.stream_signatures import StreamSignatures
 
 BASE_KNOBS = ("max_new_tokens", "min_new_tokens", "repetition_penalty", "no_repeat_ngram_size")

@@ -36,8 +36,8 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.models import Model, ModelSignature
 from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
-from pipeline.constants import STATS_FILE
-from pipeline.errors import InputDataError
+from pipeline.core.constants import STATS_FILE
+from pipeline.core.errors import InputDataError
 from serving import mlflow_pyfunc_model, saved_model_session
 from serving.export import EXPORT_META, ExportResult, export_model, prompt_input, publish_copy, read_export_meta
 from serving.knobs import KNOB_SPECS

@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from pipeline.constants import BOS_ID, PAD_ID
-from pipeline.tokenizer import Tokenizer
+from pipeline.core.constants import BOS_ID, PAD_ID
+from pipeline.core.tokenizer import Tokenizer
 from serving.generation_module import DEFAULT_MAX_PROMPT_TOKENS, GenerationModule, input_specs, score_outputs
 
 

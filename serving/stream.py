@@ -28,7 +28,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from pipeline.constants import EOS_ID
+from pipeline.core.constants import EOS_ID
 from serving.generation_module import SIGNATURE_KNOBS, STREAM_KNOBS
 from serving.knobs import KNOB_SPECS
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from serving.generate import (STREAM_METHODS, DecodeState, PerRowStrategy, choose_token, method_knobs,
+from serving.decoders.generate import (STREAM_METHODS, DecodeState, PerRowStrategy, choose_token, method_knobs,
                               new_tokens, output_prefix, seen_tokens, start_state)
 from serving.knobs import Knobs, assert_rows
 

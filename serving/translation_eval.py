@@ -1,7 +1,7 @@
 """BLEU of a sequence-to-sequence model on a pair split, decoded by the serving decoders.
 
 The sources are the records' own ids (exactly what training saw), decoded in batches by
-`serving.generate` (greedy) or `serving.beam_search` in one compiled function; the
+`serving.decoders.generate` (greedy) or `serving.decoders.beam_search` in one compiled function; the
 hypotheses and references are the target tokenizer's detokenized tokens, so the score is
 *tokenized* BLEU over this pipeline's tokens (lowercased when the tokenizer lowercases:
 the convention of the Multi30k papers), computed by sacrebleu with `tokenize="none"`,
@@ -22,11 +22,11 @@ import numpy as np
 import sacrebleu
 import tensorflow as tf
 
-from pipeline.constants import EOS_ID, PAD_ID
-from serving.beam_search import beam_search
-from serving.generate import generate
+from pipeline.core.constants import EOS_ID, PAD_ID
+from serving.decoders.beam_search import beam_search
+from serving.decoders.generate import generate
 from serving.knobs import Knobs
-from serving.strategies import get_strategy
+from serving.decoders.strategies import get_strategy
 
 
 @dataclasses.dataclass(frozen=True)

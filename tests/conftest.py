@@ -197,7 +197,7 @@ def latest_checkpoint_step(root):
 
 def read_split(dataset_dir, split):
     """Every record of one split as dicts, in (doc, offset) order."""
-    from pipeline.records import parse_example
+    from pipeline.core.records import parse_example
     import tensorflow as tf
 
     records = []

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipeline.cli import main
+from pipeline.orchestrate.cli import main
 
 from conftest import free_ports
 

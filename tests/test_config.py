@@ -2,10 +2,10 @@ import os
 
 import pytest
 
-from pipeline.cli import main
-from pipeline.config import PipelineConfig
-from pipeline.config_loader import dump_config, flatten_config, load_config
-from pipeline.errors import ConfigError
+from pipeline.orchestrate.cli import main
+from pipeline.core.config import PipelineConfig
+from pipeline.core.config_loader import dump_config, flatten_config, load_config
+from pipeline.core.errors import ConfigError
 
 
 def test_defaults_and_typed_overrides():

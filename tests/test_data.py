@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from pipeline.records import encode_example
+from pipeline.core.records import encode_example
 from trainer.data import bptt_dataset, bptt_windows, load_token_stream, num_windows
 
 

@@ -7,11 +7,11 @@ import pytest
 import tensorflow as tf
 from scipy import stats
 
-from serving.beam_search import beam_search
-from serving.counter_rng import row_uniform
-from serving.generate import generate
+from serving.decoders.beam_search import beam_search
+from serving.decoders.counter_rng import row_uniform
+from serving.decoders.generate import generate
 from serving.knobs import Knobs
-from serving.strategies import get_strategy
+from serving.decoders.strategies import get_strategy
 
 from scripted_models import BigramModel, scripted
 

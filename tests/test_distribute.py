@@ -9,7 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from pipeline.errors import ConfigError
+from pipeline.core.errors import ConfigError
 from trainer.distribute import cluster_from_tf_config, make_strategy
 
 
@@ -39,7 +39,7 @@ _TWO_REPLICAS = textwrap.dedent("""
     import numpy as np, tensorflow as tf, keras
     (cpu,) = tf.config.list_physical_devices("CPU")
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from pipeline.config import TrainConfig
+    from pipeline.core.config import TrainConfig
     from trainer.language_model import LanguageModel
     from trainer.training import Trainer
 
@@ -87,7 +87,7 @@ _TWO_REPLICAS_SEQ2SEQ = textwrap.dedent("""
     import numpy as np, tensorflow as tf, keras
     (cpu,) = tf.config.list_physical_devices("CPU")
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from pipeline.config import TrainConfig
+    from pipeline.core.config import TrainConfig
     from trainer.seq2seq_model import build_seq2seq_model
     from trainer.seq2seq_training import Seq2SeqTrainer
 
@@ -131,7 +131,7 @@ def test_two_mirrored_replicas_train_seq2seq_as_one_process():
 def test_mixed_float16_trains_with_loss_scaling(tmp_path):
     import keras
 
-    from pipeline.config import TrainConfig
+    from pipeline.core.config import TrainConfig
     from trainer.language_model import LanguageModel
     from trainer.training import Trainer
 

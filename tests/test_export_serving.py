@@ -9,7 +9,7 @@ import time
 import pytest
 import tensorflow as tf
 
-from pipeline.cli import main
+from pipeline.orchestrate.cli import main
 from serving.check_export import check_export
 from serving.client import ServingClient, ServingError
 from serving.generation_module import SIGNATURE_KNOBS
@@ -364,7 +364,7 @@ def test_status_answers_while_long_predictions_run(served):
 
 
 def test_unk_is_banned_unless_the_export_lets_it_through(trained):
-    from pipeline.tokenizer import Tokenizer
+    from pipeline.core.tokenizer import Tokenizer
     from serving.generation_module import GenerationModule
     from trainer.model_dir import load_trained_model
 

@@ -50,7 +50,7 @@ def test_unknown_cell_is_rejected():
 
 
 def test_mixed_bfloat16_keeps_float32_state_and_loss_and_trains(tmp_path):
-    from pipeline.config import TrainConfig
+    from pipeline.core.config import TrainConfig
     from trainer.training import Trainer
 
     model = build_language_model({"vocab_size": 17, "embedding_dim": 8, "hidden_dim": 8, "num_layers": 2,

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer.lstm import LSTM
-from trainer.rnn import SimpleRNN
+from trainer.layers.lstm import LSTM
+from trainer.layers.rnn import SimpleRNN
 
 B, T, D, H = 3, 7, 5, 4
 

@@ -17,7 +17,7 @@ import tensorflow as tf
 import tensorflow_text
 from mlflow import MlflowClient
 
-from pipeline.cli import main
+from pipeline.orchestrate.cli import main
 from serving.knobs import KNOB_SPECS
 from serving.mlflow_model import saved_model_of
 from serving.serving_config import read_models_config

@@ -7,7 +7,7 @@ import os
 import pytest
 from mlflow import MlflowClient
 
-from pipeline.cli import main
+from pipeline.orchestrate.cli import main
 
 from conftest import free_ports, pyfunc_in_clean_process, session_texts, write
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from pipeline.cli import main
+from pipeline.orchestrate.cli import main
 from trainer.distribute import local_tf_configs
 
 from conftest import latest_checkpoint_step, write
@@ -32,7 +32,7 @@ def _metrics(root):
 
 def _launch(root, corpus, tf_configs, index, *extra):
     env = dict(os.environ, TF_CONFIG=tf_configs[index])
-    command = [sys.executable, "-m", "pipeline.cli", "train",
+    command = [sys.executable, "-m", "pipeline.orchestrate.cli", "train",
                *_args(root, corpus, "--set", "train.distribute=multi_worker", "--set", "train.batch_size=4", *extra)]
     log = open(root / f"worker-{index}.log", "ab")
     return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=root)

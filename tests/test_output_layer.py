@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from trainer.language_model import build_language_model
-from trainer.output_layer import softmax_nll
+from trainer.layers.output_layer import softmax_nll
 
 
 def _reference(hidden, kernel, bias, labels, rows_are_classes):

@@ -8,9 +8,9 @@ import os
 import numpy as np
 import pytest
 
-from pipeline.config_loader import load_config
-from pipeline.errors import ConfigError, InputDataError
-from pipeline.preprocess import run_preprocess
+from pipeline.core.config_loader import load_config
+from pipeline.core.errors import ConfigError, InputDataError
+from pipeline.preprocess.run import run_preprocess
 
 from conftest import CORPORA, write
 
@@ -33,7 +33,7 @@ def _pairs_files(tmp_path, train=("the cat sat\nthe dog\na cat\n", "die katze sa
 def _records(dataset_dir, split):
     import tensorflow as tf
 
-    from pipeline.pair_records import parse_pair_example
+    from pipeline.core.pair_records import parse_pair_example
 
     out = []
     for path in sorted(glob.glob(os.path.join(dataset_dir, f"{split}-*.tfrecord.gz"))):
@@ -85,7 +85,7 @@ def test_aligned_files_give_exact_records_vocab_and_stats(tmp_path):
     # The dataset's tokenizers give the records' ids: what a serving graph would run.
     import tensorflow as tf
 
-    from pipeline.pair_records import pair_tokenizers
+    from pipeline.core.pair_records import pair_tokenizers
 
     tokenizers = pair_tokenizers(ds)
     assert tokenizers["source"].encode_lines(tf.constant(["the cat sat"])).to_list() == [[6, 4, 14, 3]]
@@ -125,7 +125,7 @@ def test_misaligned_line_counts_are_an_error_and_leave_nothing(tmp_path):
 def test_lines_pair_exactly_across_blocks_files_and_compression(tmp_path, monkeypatch):
     import gzip
 
-    import pipeline.pairs_preprocess as pairs_preprocess
+    import pipeline.preprocess.pairs as pairs_preprocess
 
     os.makedirs(tmp_path / "parts")
     monkeypatch.setattr(pairs_preprocess, "BLOCK_BYTES", 16)  # many blocks per file
@@ -326,7 +326,7 @@ def test_multi30k_slice(tmp_path):
 
     import tensorflow as tf
 
-    from pipeline.pair_records import pair_tokenizers
+    from pipeline.core.pair_records import pair_tokenizers
     from trainer.pairs_data import load_pairs
 
     tokenizers = pair_tokenizers(result.dataset_dir)

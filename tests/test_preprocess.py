@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from pipeline.cli import main
+from pipeline.orchestrate.cli import main
 
 from conftest import preprocess_args, read_split, write
 
@@ -149,7 +149,7 @@ def test_recoverable_data_issues_are_counted(tmp_path, tiny_corpus, capsys):
 
 
 def test_crash_leaves_no_partial_dataset(tmp_path, tiny_corpus, monkeypatch):
-    import pipeline.documents_preprocess as pre
+    import pipeline.preprocess.documents as pre
 
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from pipeline.cli import main
+from pipeline.orchestrate.cli import main
 
 from conftest import CORPORA
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from pipeline.cli import main
+from pipeline.orchestrate.cli import main
 
 from conftest import latest_checkpoint_step, write
 
@@ -39,7 +39,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
 
     assert main(["preprocess", *_args(cut, corpus)]) == 0
     steps_per_epoch = expected["train_steps_per_epoch"]
-    command = [sys.executable, "-m", "pipeline.cli", "train", *_args(cut, corpus)]
+    command = [sys.executable, "-m", "pipeline.orchestrate.cli", "train", *_args(cut, corpus)]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while latest_checkpoint_step(cut) <= steps_per_epoch + 20 and proc.poll() is None and time.time() < deadline:

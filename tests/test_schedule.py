@@ -7,9 +7,9 @@ import subprocess
 
 import pytest
 
-from pipeline.cli import main
-from pipeline.errors import ConfigError
-from pipeline.schedule import crontab_line, on_calendar, schedule_command, systemd_units
+from pipeline.orchestrate.cli import main
+from pipeline.core.errors import ConfigError
+from pipeline.orchestrate.schedule import crontab_line, on_calendar, schedule_command, systemd_units
 
 
 def test_crontab_line_runs_lmpipe_run_from_the_config_folder(tmp_path):

@@ -10,9 +10,9 @@ import time
 import pytest
 from mlflow import MlflowClient
 
-from pipeline.cli import main
-from pipeline.config_loader import load_config
-from pipeline.scheduled_run import EXIT_NOT_BETTER
+from pipeline.orchestrate.cli import main
+from pipeline.core.config_loader import load_config
+from pipeline.orchestrate.scheduled_run import EXIT_NOT_BETTER
 from serving.model_versions import ModelVersions
 from serving.serving_config import read_models_config
 
@@ -132,7 +132,7 @@ def test_killed_during_training_resumes_with_one_new_version(tmp_path):
 
 def test_until_stops_after_a_stage(tmp_path):
     _corpus(tmp_path)
-    from pipeline.scheduled_run import run_pipeline
+    from pipeline.orchestrate.scheduled_run import run_pipeline
 
     manifest = run_pipeline(load_config(None, _args(tmp_path)[1::2]), until="preprocess", verbose=False)
     assert manifest["decision"] == "stopped_after_preprocess" and manifest["exit_code"] == 0

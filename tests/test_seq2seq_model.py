@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline.constants import BOS_ID, EOS_ID
-from serving.beam_search import beam_search
-from serving.generate import generate
+from pipeline.core.constants import BOS_ID, EOS_ID
+from serving.decoders.beam_search import beam_search
+from serving.decoders.generate import generate
 from serving.knobs import Knobs
-from serving.strategies import get_strategy
-from trainer.attention import BahdanauAttention, LuongAttention, get_attention, masked_softmax
+from serving.decoders.strategies import get_strategy
+from trainer.layers.attention import BahdanauAttention, LuongAttention, get_attention, masked_softmax
 from trainer.seq2seq_model import Seq2SeqModel, build_seq2seq_model
 
 SRC_V, TGT_V = 11, 13
@@ -180,8 +180,8 @@ def test_mixed_precision_keeps_float32_states_attention_and_logits(precision):
 
 
 def test_model_config_keys(tmp_path):
-    from pipeline.config_loader import load_config
-    from pipeline.errors import ConfigError
+    from pipeline.core.config_loader import load_config
+    from pipeline.core.errors import ConfigError
 
     default = load_config(None, []).model
     assert (default.kind, default.attention, default.attention_score, default.encoder_layers,
@@ -221,7 +221,7 @@ def _no_autograph(fn):
 
 
 def test_serving_decoders_drive_the_model_unchanged():
-    """serving.generate and serving.beam_search reach the model through prime and step;
+    """serving.decoders.generate and serving.decoders.beam_search reach the model through prime and step;
     rank-3 state entries pass their loops, eagerly and in a graph with unknown shapes."""
     model = _model("luong", feeding=True, bidirectional=True, enc=2, dec=2)
     src, lengths, _ = _batch(6)

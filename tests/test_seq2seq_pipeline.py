@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from pipeline.cli import main
+from pipeline.orchestrate.cli import main
 
 from conftest import session_path_signatures, start_lmpipe_serve, write
 
@@ -125,8 +125,8 @@ def _rest_server_translates(model_base):
 
 
 def test_seq2seq_config_needs_pairs_data():
-    from pipeline.config_loader import load_config
-    from pipeline.errors import ConfigError
+    from pipeline.core.config_loader import load_config
+    from pipeline.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="model.kind seq2seq learns from pairs of texts"):
         load_config(None, ["model.kind=seq2seq"])

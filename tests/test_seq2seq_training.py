@@ -4,7 +4,7 @@ with padding masked and an exact resume from a mid-epoch checkpoint."""
 import numpy as np
 import pytest
 
-from pipeline.config import TrainConfig
+from pipeline.core.config import TrainConfig
 from trainer.pairs_data import PairSplit
 from trainer.seq2seq_model import build_seq2seq_model
 from trainer.seq2seq_training import Seq2SeqTrainer, evaluate_pairs

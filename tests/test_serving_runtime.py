@@ -17,7 +17,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from pipeline.cli import main
+from pipeline.orchestrate.cli import main
 from serving.client import ServingError, connect, request_instances
 from serving.generation_module import SIGNATURE_KNOBS
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline.constants import RESERVED_TOKENS
-from pipeline.tokenizer import Tokenizer, TokenizerSpec
-from serving.generate import STREAM_METHODS
+from pipeline.core.constants import RESERVED_TOKENS
+from pipeline.core.tokenizer import Tokenizer, TokenizerSpec
+from serving.decoders.generate import STREAM_METHODS
 from serving.generation_module import STREAM_KNOBS, GenerationModule
 from serving.saved_model_session import SessionModel
 from serving.seq2seq_module import Seq2SeqGenerationModule

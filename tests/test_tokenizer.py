@@ -1,7 +1,7 @@
 import tensorflow as tf
 
-from pipeline.constants import RESERVED_TOKENS
-from pipeline.tokenizer import Tokenizer, TokenizerSpec, read_vocab, vocab_file_text
+from pipeline.core.constants import RESERVED_TOKENS
+from pipeline.core.tokenizer import Tokenizer, TokenizerSpec, read_vocab, vocab_file_text
 
 VOCAB = [*RESERVED_TOKENS, "the", "cat", "école"]
 

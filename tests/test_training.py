@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.config import TrainConfig
+from pipeline.core.config import TrainConfig
 from trainer.evaluation import evaluate
 from trainer.language_model import build_language_model
 from trainer.training import Trainer, learning_rate_for

@@ -4,11 +4,11 @@ import apache_beam as beam
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipeline.config import DataConfig, PreprocessConfig, TokenizerConfig
-from pipeline.corpus import AUTO_SPLIT, InputFile
-from pipeline.reading import ReadBlockFn, blocks_of, cut_long_line, split_of
-from pipeline.split_stats import COUNTS_TAG
-from pipeline.vocabulary import LearnVocabulary, rank_key
+from pipeline.core.config import DataConfig, PreprocessConfig, TokenizerConfig
+from pipeline.preprocess.corpus import AUTO_SPLIT, InputFile
+from pipeline.preprocess.reading import ReadBlockFn, blocks_of, cut_long_line, split_of
+from pipeline.preprocess.split_stats import COUNTS_TAG
+from pipeline.preprocess.vocabulary import LearnVocabulary, rank_key
 
 from conftest import write
 

@@ -18,8 +18,8 @@ from typing import Iterator
 import numpy as np
 import tensorflow as tf
 
-from pipeline.constants import FEATURE_DOC, FEATURE_IDS, FEATURE_OFFSET
-from pipeline.records import FEATURE_SPEC, split_file_pattern
+from pipeline.core.constants import FEATURE_DOC, FEATURE_IDS, FEATURE_OFFSET
+from pipeline.core.records import FEATURE_SPEC, split_file_pattern
 
 
 def load_token_stream(dataset_dir: str, split: str) -> np.ndarray:

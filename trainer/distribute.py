@@ -26,7 +26,7 @@ import socket
 
 import tensorflow as tf
 
-from pipeline.errors import ConfigError
+from pipeline.core.errors import ConfigError
 
 
 def make_strategy(kind: str) -> tf.distribute.Strategy:

@@ -19,10 +19,10 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from trainer.lstm import LSTM
+from trainer.layers.lstm import LSTM
 from trainer.model_parts import OutputAndDropout, Salt, check_precision, uniform_init
-from trainer.rnn import SimpleRNN
-from trainer.output_layer import output_layer_nll
+from trainer.layers.rnn import SimpleRNN
+from trainer.layers.output_layer import output_layer_nll
 
 CELLS = {"lstm": LSTM, "rnn": SimpleRNN}
 CHUNK_TOKENS = 2048  # prime and token_nll read at most about this many B x T positions at once
@@ -126,7 +126,7 @@ class LanguageModel(OutputAndDropout, keras.Model):
     def nll(self, inputs, targets, states=None, training=False, seed=None):
         """ids [B, T], targets [B, T] -> (nll [B, T] float32, new states): the negative
         log-likelihood of each target, with the output layer and its cross-entropy fused
-        (`trainer.output_layer`), so the [B, T, V] logits are never materialised twice.
+        (`trainer.layers.output_layer`), so the [B, T, V] logits are never materialised twice.
 
         Example:
             >>> lm = LanguageModel(vocab_size=12, embedding_dim=4, hidden_dim=4)

@@ -24,8 +24,8 @@ import json
 import os
 import shutil
 
-from pipeline.config import PipelineConfig
-from pipeline.constants import STATS_FILE, TOKENIZER_FILE, VOCAB_FILE
+from pipeline.core.config import PipelineConfig
+from pipeline.core.constants import STATS_FILE, TOKENIZER_FILE, VOCAB_FILE
 from trainer.curves import plot_learning_curves
 from trainer.language_model import build_language_model
 from trainer.seq2seq_model import build_seq2seq_model

@@ -17,8 +17,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from trainer.output_layer import OutputParts, output_logits
-from trainer.recurrent_base import dropout_mask
+from trainer.layers.output_layer import OutputParts, output_logits
+from trainer.layers.recurrent_base import dropout_mask
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 

@@ -22,9 +22,9 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
-from pipeline.constants import BOS_ID, PAD_ID
-from pipeline.pair_records import FEATURE_PAIR, FEATURE_SOURCE_IDS, FEATURE_TARGET_IDS, PAIR_FEATURE_SPEC
-from pipeline.records import split_file_pattern
+from pipeline.core.constants import BOS_ID, PAD_ID
+from pipeline.core.pair_records import FEATURE_PAIR, FEATURE_SOURCE_IDS, FEATURE_TARGET_IDS, PAIR_FEATURE_SPEC
+from pipeline.core.records import split_file_pattern
 from trainer.data import without_autotune
 
 AUTO = "auto"

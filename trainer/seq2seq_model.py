@@ -40,13 +40,13 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from pipeline.constants import BOS_ID, PAD_ID
-from trainer.attention import get_attention
+from pipeline.core.constants import BOS_ID, PAD_ID
+from trainer.layers.attention import get_attention
 from trainer.language_model import CHUNK_TOKENS
-from trainer.lstm import LSTM
+from trainer.layers.lstm import LSTM
 from trainer.model_parts import OutputAndDropout, Salt, check_precision, uniform_init
-from trainer.recurrent_base import dropout_mask
-from trainer.output_layer import output_layer_nll, windowed_output_nll
+from trainer.layers.recurrent_base import dropout_mask
+from trainer.layers.output_layer import output_layer_nll, windowed_output_nll
 
 PASS_THROUGH = 3  # memory, keys, source_mask: the last state entries, never changed by `step`
 
@@ -214,7 +214,7 @@ class Seq2SeqModel(OutputAndDropout, keras.Model):
 
     def nll(self, source_ids, target_in, target_out, training=False, seed=None):
         """Teacher forcing with the output layer and cross-entropy fused
-        (`trainer.output_layer`): -> nll [B, T] float32 of each `target_out` token
+        (`trainer.layers.output_layer`): -> nll [B, T] float32 of each `target_out` token
         (padding included: the caller weights it)."""
         attentional, _ = self._teacher_forced(source_ids, target_in, None, training, seed)
         return output_layer_nll(attentional, target_out, self._output_parts())

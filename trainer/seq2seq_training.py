@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from pipeline.constants import PAD_ID
+from pipeline.core.constants import PAD_ID
 from trainer.evaluation import EvalResult
 from trainer.pairs_data import PairSplit, pair_batches
 from trainer.training import Trainer, replica_rows

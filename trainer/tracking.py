@@ -22,7 +22,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from pipeline.errors import LmpipeError
+from pipeline.core.errors import LmpipeError
 
 # Fail fast on a dead server instead of MLflow's default minutes of retries.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")

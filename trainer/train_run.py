@@ -24,10 +24,10 @@ import sys
 
 import keras
 
-from pipeline.config import PipelineConfig
-from pipeline.config_loader import flatten_config
-from pipeline.constants import STATS_FILE
-from pipeline.errors import ClusterError, InputDataError
+from pipeline.core.config import PipelineConfig
+from pipeline.core.config_loader import flatten_config
+from pipeline.core.constants import STATS_FILE
+from pipeline.core.errors import ClusterError, InputDataError
 from trainer.data import load_token_stream, num_windows
 from trainer.distribute import make_strategy
 from trainer.hardware import precision_warning

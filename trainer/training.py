@@ -29,7 +29,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline.config import TrainConfig
+from pipeline.core.config import TrainConfig
 from trainer.data import bptt_dataset, num_windows
 from trainer.evaluation import evaluate, make_eval_step
 

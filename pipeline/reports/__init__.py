@@ -1,4 +1,4 @@
-"""Insight reports (top floor: they use the trainer's models and the serving decoders).
+"""Insight reports (above serving: they use the trainer's models and the serving decoders).
 
     gradient_flow   why LSTMs beat vanilla RNNs: dL_T/dh_t against distance, long-range task
     gates           what the gates do on a text: heatmaps, distributions, saturation

@@ -17,9 +17,9 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from pipeline.constants import EOS_ID
+from pipeline.core.constants import EOS_ID
 from pipeline.reports.report_files import pyplot, report_dir, save_figure, write_csv, write_json
-from trainer.lstm import LSTM
+from trainer.layers.lstm import LSTM
 
 GATES = ("forget", "input", "output")
 

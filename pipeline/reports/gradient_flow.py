@@ -23,7 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline.config import TrainConfig
+from pipeline.core.config import TrainConfig
 from pipeline.reports.report_files import label_axes, pyplot, report_dir, save_figure, write_csv, write_json
 from trainer.language_model import build_language_model
 from trainer.training import Trainer

@@ -12,9 +12,9 @@ import os
 
 import numpy as np
 
-from pipeline.config import PipelineConfig
-from pipeline.constants import EOS_ID
-from pipeline.errors import ConfigError
+from pipeline.core.config import PipelineConfig
+from pipeline.core.constants import EOS_ID
+from pipeline.core.errors import ConfigError
 from pipeline.reports.report_files import log_metrics_to_run, log_to_run
 
 REPORTS = ("gradients", "gates", "decoding", "translation")
@@ -38,7 +38,7 @@ def test_prompts(tokenizer, dataset_dir: str, count: int = 16, words: int = 4) -
 
 def run_report(name: str, config: PipelineConfig, model_dir: str, text: str | None = None) -> str:
     """Writes report `name` under `<run dir>/reports/` and logs it to the model's MLflow run."""
-    from pipeline.tokenizer import Tokenizer
+    from pipeline.core.tokenizer import Tokenizer
     from trainer.model_dir import load_trained_model, model_kind
 
     if name not in REPORTS:
@@ -53,7 +53,7 @@ def run_report(name: str, config: PipelineConfig, model_dir: str, text: str | No
         raise ConfigError(f"the {name} report does not fit a {kind} model; choose one of {', '.join(fits)}")
     tokenizer = None if seq2seq else Tokenizer.from_dir(model_dir)  # pairs have two: pair_tokenizers
     if name == "translation":
-        from pipeline.pair_records import pair_tokenizers
+        from pipeline.core.pair_records import pair_tokenizers
         from pipeline.reports.translation import translation_report
 
         summary = translation_report(load_trained_model(model_dir), pair_tokenizers(model_dir),

@@ -18,7 +18,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from pipeline.constants import BOS_ID
+from pipeline.core.constants import BOS_ID
 from pipeline.reports.report_files import pyplot, report_dir, save_figure, write_csv, write_json
 
 METHODS = ("greedy", "beam_search")
