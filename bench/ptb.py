@@ -50,7 +50,7 @@ def main() -> None:
         sys.exit(f"skipped: PTB not found at {os.path.abspath(PTB)}")
     from pipeline.core.config_loader import load_config
     from pipeline.preprocess.run import run_preprocess
-    from trainer.train_run import train_language_model
+    from trainer.train_run import train_model
 
     work = args.work or tempfile.mkdtemp(prefix="ptb-bench-")
     overrides = COMMON + PRESETS[args.preset] + [
@@ -63,7 +63,7 @@ def main() -> None:
     started = time.perf_counter()
     dataset = run_preprocess(config, [])
     prep = time.perf_counter() - started
-    result = train_language_model(config, dataset.dataset_dir, verbose=True)
+    result = train_model(config, dataset.dataset_dir, verbose=True)
     wall = time.perf_counter() - started
     m = result.metrics
     print(f"PTB {args.preset} ({args.precision}): valid ppl {m['valid_ppl']:.2f}, test ppl "

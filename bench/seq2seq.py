@@ -90,7 +90,7 @@ def main() -> None:
     from serving.translation_eval import bleu, decode_sources, detokenize
     from trainer.pairs_data import load_pairs
     from trainer.model_dir import load_trained_model
-    from trainer.train_run import train_language_model
+    from trainer.train_run import train_model
 
     source, target = args.direction.split("-")
     work = args.work or tempfile.mkdtemp(prefix="multi30k-bench-")
@@ -99,7 +99,7 @@ def main() -> None:
     started = time.perf_counter()
     dataset = run_preprocess(config, [])
     prep = time.perf_counter() - started
-    result = train_language_model(config, dataset.dataset_dir, verbose=True)
+    result = train_model(config, dataset.dataset_dir, verbose=True)
     trained = time.perf_counter() - started
     m = result.metrics
     model, tokenizers = load_trained_model(result.model_dir), pair_tokenizers(result.model_dir)

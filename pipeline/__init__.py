@@ -1,4 +1,4 @@
-"""lmpipe's floors, each a folder; imports point down only (tests/test_layers_contract.py).
+"""lmpipe's floors, each a folder; imports point down only (tests/test_import_contracts.py).
 
     pipeline.orchestrate   top: the command line, the scheduled run, its lock, schedules, Airflow
     pipeline.reports       the training reports (they read model folders and exports)

@@ -134,6 +134,7 @@ class Batcher:
         return task.future
 
     def stop(self) -> None:
+        """Stops taking requests and lets the batch threads end (queued requests are not run)."""
         with self._lock:
             self._stopped = True
             self._lock.notify_all()

@@ -53,9 +53,9 @@ from pipeline.core.constants import EOS_ID, UNK_ID
 from pipeline.core.tokenizer import Tokenizer
 from serving.decoders.beam_search import beam_search
 from serving.decoders.generate import generate
-from serving.knobs import KNOB_SPECS, Knobs, knob_asserts
 from serving.decoders.logits_processors import NEVER_TEXT
 from serving.decoders.strategies import get_strategy
+from serving.knobs import KNOB_SPECS, Knobs, knob_asserts
 from serving.stream_signatures import StreamSignatures
 
 BASE_KNOBS = ("max_new_tokens", "min_new_tokens", "repetition_penalty", "no_repeat_ngram_size")
@@ -72,17 +72,21 @@ STREAM_SIGNATURES = ("stream_start", "stream_next")
 DEFAULT_MAX_PROMPT_TOKENS = 1024
 
 
-def input_specs(signature: str, strings_input: str = "prompt") -> dict[str, tf.TensorSpec]:
+def input_specs(signature: str, strings_input: str = "prompt",
+                score_inputs: tuple[str, ...] = ("text",)) -> dict[str, tf.TensorSpec]:
     """The named inputs of a signature: `strings_input` ("prompt"; seq2seq: "source")
-    and the signature's knobs, all [B]; `score` takes "text" alone; `stream_next` takes
-    `state` [B, S], `token` and `step` in place of the strings.
+    and the signature's knobs, all [B]; `score` takes the strings `score_inputs` alone
+    (seq2seq: source and target); `stream_next` takes `state` [B, S], `token` and `step`
+    in place of the strings.
 
     Example:
         >>> list(input_specs("stream_next"))[:4]
         ['state', 'token', 'step', 'method']
+        >>> list(input_specs("score", "source", ("source", "target")))
+        ['source', 'target']
     """
     if signature == "score":
-        return {"text": tf.TensorSpec([None], tf.string, name="text")}
+        return {name: tf.TensorSpec([None], tf.string, name=name) for name in score_inputs}
     if signature == "stream_next":
         specs = {"state": tf.TensorSpec([None, None], tf.float32, name="state"),
                  "token": tf.TensorSpec([None], tf.int32, name="token"),
@@ -109,6 +113,7 @@ class GenerationModule(StreamSignatures, tf.Module):
     """
 
     prompt_input = "prompt"  # the name of the strings input of generation signatures
+    score_inputs = ("text",)  # the strings inputs of `score`
     stream_knobs = STREAM_KNOBS  # the knobs of the stream signatures (StreamSignatures)
 
     def __init__(self, model, tokenizer: Tokenizer, max_new_tokens: int,
@@ -136,7 +141,7 @@ class GenerationModule(StreamSignatures, tf.Module):
 
     def input_specs(self, signature: str) -> dict[str, tf.TensorSpec]:
         """The named [B] inputs of one of this module's signatures."""
-        return input_specs(signature, self.prompt_input)
+        return input_specs(signature, self.prompt_input, self.score_inputs)
 
     def encode_prompts(self, prompts, what: str = "prompt"):
         """[B] strings -> (ids [B, P] int32 with a leading <eos>, lengths [B]); a prompt of

@@ -139,6 +139,10 @@ def assert_rows(ok, values, name: str, interval: str, expected=None) -> tf.Opera
 
 
 class Knobs(NamedTuple):
+    """A request's decoding knobs inside the graph, each a [B] tensor (one value per row), so rows
+    of one batch decode with their own settings.
+    """
+
     max_new_tokens: tf.Tensor
     min_new_tokens: tf.Tensor
     temperature: tf.Tensor

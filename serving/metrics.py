@@ -58,6 +58,7 @@ class ServingMetrics:
         self.latency.labels(model, signature, api).observe(seconds)
 
     def batch(self, model: str, signature: str, rows: int) -> None:
+        """Records one graph run of `rows` requests' rows for `signature`."""
         self.batch_size.labels(model, signature).observe(rows)
 
     def generated(self, model: str, version, signature: str, outputs: dict) -> None:
@@ -66,6 +67,9 @@ class ServingMetrics:
             self.tokens.labels(model, str(version), signature).inc(int(np.sum(outputs["lengths"])))
 
     def load(self, model: str, version, status: str, seconds: float) -> None:
+        """Records a version load's outcome (`status`: OK or an error code) and, when OK, its
+        duration.
+        """
         self.loads.labels(model, str(version), status).inc()
         if status == "OK":
             self.load_latency.labels(model, str(version)).observe(seconds)

@@ -45,6 +45,9 @@ class ExportedGenerator(mlflow.pyfunc.PythonModel):
     """
 
     def load_context(self, context) -> None:
+        """Loads the SavedModel artifact as TF Serving does (`SessionModel`) and reads the export's
+        limits from the model config.
+        """
         import tensorflow_text  # noqa: F401 - registers the TF Text ops the graph uses
         from saved_model_session import SessionModel  # shipped in the model's code/ folder
 

@@ -82,6 +82,7 @@ class ModelVersions:
         return self
 
     def stop(self) -> None:
+        """Stops the file-system poll thread."""
         self._stop.set()
 
     def refresh(self) -> None:
@@ -128,6 +129,7 @@ class ModelVersions:
                 print(f"lmpipe serve: cannot load new version in {self.base}: {err}", flush=True)
 
     def latest(self) -> LoadedVersion:
+        """The version served as latest (the newest loaded, or the one the policy pins)."""
         with self._lock:
             return self._loaded[self._latest]
 
@@ -147,6 +149,7 @@ class ModelVersions:
         return loaded
 
     def status(self) -> list[dict]:
+        """GetModelStatus's entries, newest version first: each loaded version AVAILABLE."""
         with self._lock:
             served = sorted(self._loaded)
         return [{"version": str(v), "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}

@@ -146,6 +146,7 @@ class Predictor:
         self.metrics.batch(self.versions.name, key[1], rows)
 
     def close(self) -> None:
+        """Stops the batcher and the prediction threads (for tests and shutdown)."""
         if self._batcher is not None:
             self._batcher.stop()
         self._threads.shutdown(wait=False)

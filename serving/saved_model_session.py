@@ -81,6 +81,7 @@ class SessionModel:
         return self.session.run(fetches, feed_dict=feed)
 
     def close(self) -> None:
+        """Closes the Session (its variables' memory is freed)."""
         self.session.close()
 
     def _signature(self, name: str):

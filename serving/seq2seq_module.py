@@ -30,16 +30,10 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from pipeline.core.constants import BOS_ID, PAD_ID
+from pipeline.core.constants import PAD_ID
+from pipeline.core.pair_records import decoder_input
 from pipeline.core.tokenizer import Tokenizer
-from serving.generation_module import DEFAULT_MAX_PROMPT_TOKENS, GenerationModule, input_specs, score_outputs
-
-
-def seq2seq_input_specs(signature: str) -> dict[str, tf.TensorSpec]:
-    """The named [B] inputs of a seq2seq signature."""
-    if signature == "score":
-        return {name: tf.TensorSpec([None], tf.string, name=name) for name in ("source", "target")}
-    return input_specs(signature, "source")
+from serving.generation_module import DEFAULT_MAX_PROMPT_TOKENS, GenerationModule, score_outputs
 
 
 class Seq2SeqGenerationModule(GenerationModule):
@@ -47,14 +41,12 @@ class Seq2SeqGenerationModule(GenerationModule):
     score targets of more than `max_prompt_tokens` tokens are refused."""
 
     prompt_input = "source"
+    score_inputs = ("source", "target")
 
     def __init__(self, model, tokenizers: dict[str, Tokenizer], max_new_tokens: int,
                  max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS, allow_unk: bool = False) -> None:
         super().__init__(model, tokenizers["target"], max_new_tokens, max_prompt_tokens, allow_unk)
         self.source_tokenizer = tokenizers["source"]
-
-    def input_specs(self, signature: str) -> dict[str, tf.TensorSpec]:
-        return seq2seq_input_specs(signature)
 
     def encode_prompts(self, sources, what: str = "source"):
         """[B] source strings -> (ids [B, S] int32, lengths [B]); an empty source, or one
@@ -103,13 +95,15 @@ class Seq2SeqGenerationModule(GenerationModule):
     def _attention(self, source_ids, source_lengths, token_ids, lengths):
         """[B, T_out, T_in]: the weights each output token was chosen with (teacher-forced
         on the chosen tokens, which the greedy loop's steps equal)."""
-        start = tf.fill([tf.shape(token_ids)[0], 1], BOS_ID)
-        target_in = tf.concat([start, token_ids[:, :-1]], axis=1)
-        weights = self.model.attention_weights(source_ids, target_in, source_lengths)
+        weights = self.model.attention_weights(source_ids, decoder_input(token_ids), source_lengths)
         rows = tf.sequence_mask(lengths, tf.shape(token_ids)[1], tf.float32)
         return weights * rows[:, :, None]
 
     def score_function(self):
+        """The `score` signature: source [B], target [B] strings -> each target's summed log-
+        probability given its source, token count and perplexity; sources and targets over the
+        limit are refused.
+        """
         @tf.function
         def fn(**inputs):
             source_ids, source_lengths = self.encode_prompts(inputs["source"])
@@ -117,9 +111,7 @@ class Seq2SeqGenerationModule(GenerationModule):
             tokens = tf.cast(target.row_lengths(), tf.int32)
             with tf.control_dependencies([self._check_length(tokens, "target")]):
                 target_out = tf.cast(target.to_tensor(PAD_ID), tf.int32)
-            start = tf.fill([tf.shape(target_out)[0], 1], BOS_ID)
-            target_in = tf.concat([start, target_out[:, :-1]], axis=1)
-            nll = self.model.token_nll(source_ids, target_in, target_out, source_lengths, tokens)
+            nll = self.model.token_nll(source_ids, decoder_input(target_out), target_out, source_lengths, tokens)
             return score_outputs(nll, tokens)
 
         return fn

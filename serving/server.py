@@ -48,14 +48,14 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.batching import BatchingParameters
+from serving.generation_module import STREAM_KNOBS
 from serving.metrics import CONTENT_TYPE, METRICS_PATH, ServingMetrics
 from serving.model_versions import LoadedVersion, ModelVersions
 from serving.predictor import Predictor, ServerLimits
-from serving.generation_module import STREAM_KNOBS
-from serving.stream import METHOD_IDS, stream_events, stream_start_inputs
 from serving.rest_api import (
     STATUS, BadRequest, ServingError, columns, format_response, parse_body, parse_request, to_arrays,
 )
+from serving.stream import METHOD_IDS, stream_events, stream_start_inputs
 
 
 class PayloadTooLarge(ServingError):
@@ -83,29 +83,27 @@ def _error(message: str, status: int = 400) -> JSONResponse:
 
 
 def create_app(predictor: Predictor) -> FastAPI:
-    """TF Serving's REST API over `predictor` (its versions, limits, batching, metrics)."""
+    """TF Serving's REST API over `predictor` (its versions, limits, batching, metrics):
+    status and metadata by version or label, `:predict`, the Prometheus metrics and
+    lmpipe's `:generate_stream`.
+
+    Example:
+        >>> uvicorn.run(create_app(Predictor(versions, limits)), port=8501)
+    """
     app = FastAPI(title="lmpipe serving", docs_url=None, redoc_url=None, openapi_url=None)
-    versions, limits = predictor.versions, predictor.limits
     _error_handlers(app)
+    handlers = _RestHandlers(predictor)
+    _add_status_routes(app, handlers)
+    _add_predict_routes(app, handlers)
+    return app
 
-    def resolve(request: Request, name: str, version: str | None = None, label: str | None = None) -> LoadedVersion:
-        if ":" in name:  # TF Serving's model names have no ':'; e.g. GET on a :predict path
-            raise BadRequest(f"Malformed request: {request.method} {request.url.path}")
-        return predictor.resolve(name, version, label)
 
-    def status_of(loaded: LoadedVersion, everything: bool) -> dict:
-        states = versions.status()
-        return {"model_version_status": states if everything else
-                [s for s in states if s["version"] == str(loaded.version)]}
+def _add_status_routes(app: FastAPI, handlers: "_RestHandlers") -> None:
+    """GET status and metadata (by latest, version or label) and the metrics. Plain
+    functions: FastAPI runs them in its thread pool, so a version loaded on demand never
+    blocks the event loop."""
+    resolve, status_of, metadata_of = handlers.resolve, handlers.status_of, handlers.metadata_of
 
-    def metadata_of(loaded: LoadedVersion) -> dict:
-        return {
-            "model_spec": {"name": versions.name, "signature_name": "", "version": str(loaded.version)},
-            "metadata": {"signature_def": {"signature_def": loaded.signature_defs}},
-        }
-
-    # Status and metadata are plain functions: FastAPI runs them in its thread pool, so a
-    # version loaded on demand never blocks the event loop.
     @app.get("/v1/models/{name}")
     def status(request: Request, name: str):
         return status_of(resolve(request, name), everything=True)
@@ -132,49 +130,67 @@ def create_app(predictor: Predictor) -> FastAPI:
 
     @app.get(METRICS_PATH)
     def metrics():
-        return Response(predictor.metrics.exposition(), media_type=CONTENT_TYPE)
+        return Response(handlers.predictor.metrics.exposition(), media_type=CONTENT_TYPE)
+
+
+def _add_predict_routes(app: FastAPI, handlers: "_RestHandlers") -> None:
+    """POST `:predict` (latest, version, label) and `:generate_stream` (latest, version)."""
 
     @app.post("/v1/models/{name}:predict")
     async def predict(request: Request, name: str):
-        return await _predict(request, name, None, None)
+        return await handlers.predict(request, name, None, None)
 
     @app.post("/v1/models/{name}/versions/{version}:predict")
     async def version_predict(request: Request, name: str, version: str):
-        return await _predict(request, name, version, None)
+        return await handlers.predict(request, name, version, None)
 
     @app.post("/v1/models/{name}/labels/{label}:predict")
     async def label_predict(request: Request, name: str, label: str):
-        return await _predict(request, name, None, label)
+        return await handlers.predict(request, name, None, label)
 
     @app.post("/v1/models/{name}:generate_stream")
     async def generate_stream(request: Request, name: str):
-        return await _stream(request, name, None)
+        return await handlers.stream(request, name, None)
 
     @app.post("/v1/models/{name}/versions/{version}:generate_stream")
     async def version_generate_stream(request: Request, name: str, version: str):
-        return await _stream(request, name, version)
+        return await handlers.stream(request, name, version)
 
-    async def _stream(request: Request, name: str, version: str | None):
-        """Server-Sent Events over the export's stream signatures: the body is a :predict
-        body for greedy, sample, top_k or top_p; one event per token, then one per row with
-        the whole text, its log-probability and why it stopped (`serving/stream.py`)."""
-        started, context = time.perf_counter(), {"signature": ""}
-        try:
-            raw = await _read_body(request, limits.max_request_bytes)
-            prepare = functools.partial(_prepare, request, name, version, None, raw, context)
-            # One worker-thread hop checks the request and runs stream_start, so the first
-            # event is ready when the response starts (`_sse`).
-            events = await anyio.to_thread.run_sync(_first_events, prepare, predictor)
-        except ServingError as err:
-            predictor.record_refusal(name, context["signature"], "rest", err, started)
-            raise
-        return StreamingResponse(events, media_type="text/event-stream")
 
-    async def _predict(request: Request, name: str, version: str | None, label: str | None):
-        started, context = time.perf_counter(), {"signature": ""}
+class _RestHandlers:
+    """What the REST routes do, over one `Predictor`."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
+
+    def resolve(self, request: Request, name: str, version: str | None = None,
+                label: str | None = None) -> LoadedVersion:
+        """The version a path names; a ':' in the name is a malformed path (TF Serving's
+        names have none; e.g. GET on a :predict path)."""
+        if ":" in name:
+            raise BadRequest(f"Malformed request: {request.method} {request.url.path}")
+        return self.predictor.resolve(name, version, label)
+
+    def status_of(self, loaded: LoadedVersion, everything: bool) -> dict:
+        """GetModelStatus's JSON: every version's state, or `loaded`'s alone."""
+        states = self.predictor.versions.status()
+        return {"model_version_status": states if everything else
+                [s for s in states if s["version"] == str(loaded.version)]}
+
+    def metadata_of(self, loaded: LoadedVersion) -> dict:
+        """GetModelMetadata's JSON: the version's SignatureDefs."""
+        return {
+            "model_spec": {"name": self.predictor.versions.name, "signature_name": "",
+                           "version": str(loaded.version)},
+            "metadata": {"signature_def": {"signature_def": loaded.signature_defs}},
+        }
+
+    async def predict(self, request: Request, name: str, version: str | None, label: str | None):
+        """A `:predict` body -> TF Serving's JSON answer (row or columnar, as asked)."""
+        predictor, started, context = self.predictor, time.perf_counter(), {"signature": ""}
         try:
-            raw = await _read_body(request, limits.max_request_bytes)
-            prepare = functools.partial(_prepare, request, name, version, label, raw, context)
+            raw = await _read_body(request, predictor.limits.max_request_bytes)
+            prepare = functools.partial(self.prepare, request, name, version, label, raw, context)
             # A small body to the latest version is parsed and checked on the event loop (tens
             # of us); a large one, or one that may load a version, in a worker thread.
             if version is None and label is None and len(raw) <= INLINE_BODY_BYTES:
@@ -189,18 +205,34 @@ def create_app(predictor: Predictor) -> FastAPI:
             return _encode(outputs, layout)
         return await anyio.to_thread.run_sync(_encode, outputs, layout)
 
-    def _prepare(request, name, version, label, raw: bytes, context: dict):
-        loaded = resolve(request, name, version, label)
+    async def stream(self, request: Request, name: str, version: str | None):
+        """Server-Sent Events over the export's stream signatures: the body is a :predict
+        body for greedy, sample, top_k or top_p; one event per token, then one per row with
+        the whole text, its log-probability and why it stopped (`serving/stream.py`)."""
+        predictor, started, context = self.predictor, time.perf_counter(), {"signature": ""}
+        try:
+            raw = await _read_body(request, predictor.limits.max_request_bytes)
+            prepare = functools.partial(self.prepare, request, name, version, None, raw, context)
+            # One worker-thread hop checks the request and runs stream_start, so the first
+            # event is ready when the response starts (`_sse`).
+            events = await anyio.to_thread.run_sync(_first_events, prepare, predictor)
+        except ServingError as err:
+            predictor.record_refusal(name, context["signature"], "rest", err, started)
+            raise
+        return StreamingResponse(events, media_type="text/event-stream")
+
+    def prepare(self, request, name, version, label, raw: bytes, context: dict):
+        """Body bytes -> (version, signature, input arrays, layout), every check done (a
+        refused request fails here, before it joins a batch); `context` gets the signature."""
+        loaded = self.resolve(request, name, version, label)
         signature, data, layout = parse_request(parse_body(raw))
         context["signature"] = signature
         arrays = {}
         if signature in loaded.model.signature_defs:
             dtypes = loaded.model.input_dtypes(signature)
             arrays = to_arrays(columns(data, layout, sorted(dtypes)), dtypes, loaded.model.input_ranks(signature))
-        predictor.check(loaded, signature, arrays)
+        self.predictor.check(loaded, signature, arrays)
         return loaded, signature, arrays, layout
-
-    return app
 
 
 def _stream_start(loaded: LoadedVersion, method: str, arrays: dict) -> dict:

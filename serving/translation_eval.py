@@ -25,8 +25,8 @@ import tensorflow as tf
 from pipeline.core.constants import EOS_ID, PAD_ID
 from serving.decoders.beam_search import beam_search
 from serving.decoders.generate import generate
-from serving.knobs import Knobs
 from serving.decoders.strategies import get_strategy
+from serving.knobs import Knobs
 
 
 @dataclasses.dataclass(frozen=True)

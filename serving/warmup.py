@@ -57,6 +57,9 @@ def _stream_next_inputs(start) -> dict[str, list]:
 
 
 def write_warmup_requests(path: str, model_name: str, signatures: dict) -> None:
+    """TF Serving's warmup file (`assets.extra/tf_serving_warmup_requests`): one PredictRequest per
+    signature with a one-row example input, as PredictionLog records.
+    """
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with tf.io.TFRecordWriter(path) as writer:
         for name, fn in sorted(signatures.items()):

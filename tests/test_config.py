@@ -2,10 +2,10 @@ import os
 
 import pytest
 
-from pipeline.orchestrate.cli import main
 from pipeline.core.config import PipelineConfig
 from pipeline.core.config_loader import dump_config, flatten_config, load_config
 from pipeline.core.errors import ConfigError
+from pipeline.orchestrate.cli import main
 
 
 def test_defaults_and_typed_overrides():

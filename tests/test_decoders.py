@@ -10,8 +10,8 @@ from scipy import stats
 from serving.decoders.beam_search import beam_search
 from serving.decoders.counter_rng import row_uniform
 from serving.decoders.generate import generate
-from serving.knobs import Knobs
 from serving.decoders.strategies import get_strategy
+from serving.knobs import Knobs
 
 from scripted_models import BigramModel, scripted
 

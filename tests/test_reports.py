@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from pipeline.core.constants import RESERVED_TOKENS
+from pipeline.core.tokenizer import Tokenizer, TokenizerSpec
 from pipeline.reports.decoding import decoder_settings, decoding_report, ngram_stats
 from pipeline.reports.gates import gates_report
 from pipeline.reports.gradient_flow import hidden_gradient_norms, long_range_accuracy
-from pipeline.core.tokenizer import Tokenizer, TokenizerSpec
 from trainer.language_model import build_language_model
 
 WORDS = ["the", "cat", "sat", "on", "mat", "a", "dog", "ran"]

@@ -7,8 +7,8 @@ import subprocess
 
 import pytest
 
-from pipeline.orchestrate.cli import main
 from pipeline.core.errors import ConfigError
+from pipeline.orchestrate.cli import main
 from pipeline.orchestrate.schedule import crontab_line, on_calendar, schedule_command, systemd_units
 
 

@@ -10,8 +10,8 @@ import time
 import pytest
 from mlflow import MlflowClient
 
-from pipeline.orchestrate.cli import main
 from pipeline.core.config_loader import load_config
+from pipeline.orchestrate.cli import main
 from pipeline.orchestrate.scheduled_run import EXIT_NOT_BETTER
 from serving.model_versions import ModelVersions
 from serving.serving_config import read_models_config

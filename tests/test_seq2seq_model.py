@@ -9,8 +9,8 @@ import tensorflow as tf
 from pipeline.core.constants import BOS_ID, EOS_ID
 from serving.decoders.beam_search import beam_search
 from serving.decoders.generate import generate
-from serving.knobs import Knobs
 from serving.decoders.strategies import get_strategy
+from serving.knobs import Knobs
 from trainer.layers.attention import BahdanauAttention, LuongAttention, get_attention, masked_softmax
 from trainer.seq2seq_model import Seq2SeqModel, build_seq2seq_model
 

@@ -54,6 +54,9 @@ def bptt_windows(stream: np.ndarray, batch_size: int, bptt: int) -> Iterator[tup
 
 
 def num_windows(stream_len: int, batch_size: int, bptt: int) -> int:
+    """Training windows per epoch: the stream cut into `batch_size` rows of (stream_len - 1) //
+    batch_size targets, in windows of `bptt`. Example: `num_windows(1001, 10, 35)` -> 3.
+    """
     length = (stream_len - 1) // batch_size
     return -(-length // bptt)
 

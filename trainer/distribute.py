@@ -10,7 +10,7 @@
 
 `train.batch_size` is per replica; the global batch is `num_replicas_in_sync` times it.
 The strategy must exist before TensorFlow runs its first op in the process (collective
-ops are configured at start-up), so `train_language_model` makes it first.
+ops are configured at start-up), so `train_model` makes it first.
 
 Example:
     >>> strategy = make_strategy("none")

@@ -20,9 +20,9 @@ import keras
 import tensorflow as tf
 
 from trainer.layers.lstm import LSTM
-from trainer.model_parts import OutputAndDropout, Salt, check_precision, uniform_init
-from trainer.layers.rnn import SimpleRNN
 from trainer.layers.output_layer import output_layer_nll
+from trainer.layers.rnn import SimpleRNN
+from trainer.model_parts import OutputAndDropout, Salt, check_precision, uniform_init
 
 CELLS = {"lstm": LSTM, "rnn": SimpleRNN}
 CHUNK_TOKENS = 2048  # prime and token_nll read at most about this many B x T positions at once
@@ -95,6 +95,9 @@ class LanguageModel(OutputAndDropout, keras.Model):
             keras.layers.Dense(vocab_size, kernel_initializer=init, dtype=precision, name="output"))
 
     def build(self, input_shape=None) -> None:
+        """Creates the weights: embedding, each recurrent layer's kernels for its input size, the
+        output layer (tied: a bias only, plus a projection when hidden != embedding size).
+        """
         if self.tie_embeddings:
             self.output_bias = self.add_weight(name="output_bias", shape=(self.vocab_size,), initializer="zeros")
         self.embedding.build((None, None))
@@ -110,6 +113,7 @@ class LanguageModel(OutputAndDropout, keras.Model):
 
     @property
     def states_per_layer(self) -> int:
+        """2 for LSTM (h, c), 1 for the vanilla RNN."""
         return len(CELLS[self.cell].state_names)
 
     def initial_state(self, batch_size) -> list[tf.Tensor]:
@@ -238,9 +242,11 @@ class LanguageModel(OutputAndDropout, keras.Model):
 
     @property
     def output_embedding(self) -> keras.layers.Embedding:
+        """The embedding whose matrix the tied output layer reuses."""
         return self.embedding
 
     def get_config(self) -> dict:
+        """The constructor's arguments, for Keras saving."""
         return {
             **super().get_config(),
             "vocab_size": self.vocab_size, "embedding_dim": self.embedding_dim,

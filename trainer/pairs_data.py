@@ -22,8 +22,10 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
-from pipeline.core.constants import BOS_ID, PAD_ID
-from pipeline.core.pair_records import FEATURE_PAIR, FEATURE_SOURCE_IDS, FEATURE_TARGET_IDS, PAIR_FEATURE_SPEC
+from pipeline.core.constants import PAD_ID
+from pipeline.core.pair_records import (
+    FEATURE_PAIR, FEATURE_SOURCE_IDS, FEATURE_TARGET_IDS, PAIR_FEATURE_SPEC, decoder_input,
+)
 from pipeline.core.records import split_file_pattern
 from trainer.data import without_autotune
 
@@ -46,9 +48,11 @@ class PairSplit:
         return len(self.pair)
 
     def source(self, i: int) -> np.ndarray:
+        """Pair i's source ids, int32 [S_i] (<eos> as the tokenizer adds it)."""
         return self.source_values[self.source_splits[i]:self.source_splits[i + 1]]
 
     def target(self, i: int) -> np.ndarray:
+        """Pair i's target ids, int32 [T_i] (ending with <eos>)."""
         return self.target_values[self.target_splits[i]:self.target_splits[i + 1]]
 
     def lengths(self) -> np.ndarray:
@@ -124,8 +128,7 @@ def pair_batches(
         src_values, src_splits, tgt_values, tgt_splits, pair = tables
         source = src_values[src_splits[i]:src_splits[i + 1]]
         target_out = tgt_values[tgt_splits[i]:tgt_splits[i + 1]]
-        target_in = tf.concat([tf.constant([BOS_ID], tf.int32), target_out[:-1]], axis=0)
-        return (source, target_in, target_out) + ((pair[i],) if with_pair else ())
+        return (source, decoder_input(target_out), target_out) + ((pair[i],) if with_pair else ())
 
     pad = tf.constant(PAD_ID, tf.int32)
     # The order is a function of `seed` alone (not of TensorFlow's global seed), so a

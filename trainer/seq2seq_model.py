@@ -41,12 +41,12 @@ import keras
 import tensorflow as tf
 
 from pipeline.core.constants import BOS_ID, PAD_ID
-from trainer.layers.attention import get_attention
 from trainer.language_model import CHUNK_TOKENS
+from trainer.layers.attention import get_attention
 from trainer.layers.lstm import LSTM
-from trainer.model_parts import OutputAndDropout, Salt, check_precision, uniform_init
-from trainer.layers.recurrent_base import dropout_mask
 from trainer.layers.output_layer import output_layer_nll, windowed_output_nll
+from trainer.layers.recurrent_base import dropout_mask
+from trainer.model_parts import OutputAndDropout, Salt, check_precision, uniform_init
 
 PASS_THROUGH = 3  # memory, keys, source_mask: the last state entries, never changed by `step`
 
@@ -121,32 +121,42 @@ class Seq2SeqModel(OutputAndDropout, keras.Model):
         self.init_scale = init_scale
         self.precision = precision
         self.memory_dim = hidden_dim * (2 if bidirectional_encoder else 1)
-        init = uniform_init(init_scale)
+        self._make_layers()
+
+    def _make_layers(self) -> None:
+        """The embeddings, encoder (forward and, if bidirectional, backward LSTMs), the
+        bridge to the decoder's initial states, the decoder LSTMs, attention and output."""
+        init, precision, hidden_dim = uniform_init(self.init_scale), self.precision, self.hidden_dim
 
         def lstm(name):
-            return LSTM(hidden_dim, recurrent_dropout=recurrent_dropout, kernel_initializer=init,
+            return LSTM(hidden_dim, recurrent_dropout=self.recurrent_dropout, kernel_initializer=init,
                         recurrent_initializer=init, dtype=precision, name=name)
 
         def dense(units, name, **kw):
             return keras.layers.Dense(units, kernel_initializer=init, dtype=precision, name=name, **kw)
 
-        self.source_embedding = keras.layers.Embedding(
-            source_vocab_size, embedding_dim, embeddings_initializer=init, dtype=precision, name="source_embedding")
-        self.target_embedding = keras.layers.Embedding(
-            target_vocab_size, embedding_dim, embeddings_initializer=init, dtype=precision, name="target_embedding")
+        def embedding(vocab_size, name):
+            return keras.layers.Embedding(vocab_size, self.embedding_dim, embeddings_initializer=init,
+                                          dtype=precision, name=name)
+
+        self.source_embedding = embedding(self.source_vocab_size, "source_embedding")
+        self.target_embedding = embedding(self.target_vocab_size, "target_embedding")
         self.encoder_forward = [lstm(f"encoder_{i}") for i in range(self.encoder_layers)]
         self.encoder_backward = ([lstm(f"encoder_backward_{i}") for i in range(self.encoder_layers)]
-                                 if bidirectional_encoder else [])
-        self.bridge = dense(2 * num_layers * hidden_dim, "bridge")
-        self.decoder = [lstm(f"decoder_{i}") for i in range(num_layers)]
-        self.attention = get_attention(attention, hidden_dim, score=attention_score, dtype=precision,
-                                       name="attention")
+                                 if self.bidirectional_encoder else [])
+        self.bridge = dense(2 * self.num_layers * hidden_dim, "bridge")
+        self.decoder = [lstm(f"decoder_{i}") for i in range(self.num_layers)]
+        self.attention = get_attention(self.attention_kind, hidden_dim, score=self.attention_score,
+                                       dtype=precision, name="attention")
         self.attention_output = dense(hidden_dim, "attention_output", use_bias=False, activation="tanh")
-        self.projection = (dense(embedding_dim, "projection", use_bias=False)
-                           if tie_embeddings and hidden_dim != embedding_dim else None)
-        self.output_layer = None if tie_embeddings else dense(target_vocab_size, "output")
+        self.projection = (dense(self.embedding_dim, "projection", use_bias=False)
+                           if self.tie_embeddings and hidden_dim != self.embedding_dim else None)
+        self.output_layer = None if self.tie_embeddings else dense(self.target_vocab_size, "output")
 
     def build(self, input_shape=None) -> None:
+        """Creates every weight for the embedding, memory and hidden sizes (so weights load before
+        any call).
+        """
         e, h, d = self.embedding_dim, self.hidden_dim, self.memory_dim
         if self.tie_embeddings:
             self.output_bias = self.add_weight(name="output_bias", shape=(self.target_vocab_size,),
@@ -317,6 +327,7 @@ class Seq2SeqModel(OutputAndDropout, keras.Model):
 
     @property
     def output_embedding(self) -> keras.layers.Embedding:
+        """The target embedding, which the tied output layer reuses."""
         return self.target_embedding
 
     def _dropout_mask(self, batch, size, training, seed, salt):
@@ -325,6 +336,7 @@ class Seq2SeqModel(OutputAndDropout, keras.Model):
         return dropout_mask([batch, size], self.dropout, seed, salt, tf.float32)
 
     def get_config(self) -> dict:
+        """The constructor's arguments, for Keras saving."""
         return {
             **super().get_config(),
             "source_vocab_size": self.source_vocab_size, "target_vocab_size": self.target_vocab_size,

@@ -56,9 +56,11 @@ class SplitDataset(MetaDataset):
 
     @property
     def profile(self) -> dict:
+        """The split's counts from stats.json (tokens, documents, ...), shown by MLflow."""
         return self._profile
 
     def to_dict(self) -> dict[str, str]:
+        """MLflow's dataset fields, with the profile as JSON."""
         return {**super().to_dict(), "profile": json.dumps(self._profile)}
 
 

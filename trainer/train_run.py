@@ -10,7 +10,7 @@ system metrics and the model folder (artifact `model`). The model is registered 
 is exported (`serving.mlflow_model.register_export`: the registry holds the SavedModel).
 
 Example:
-    >>> result = train_language_model(config, "work/data/3f9c...")
+    >>> result = train_model(config, "work/data/3f9c...")
     >>> result.metrics["test_ppl"], result.metrics["mlflow_run_id"]
     (118.4, '9b1d...')
 """
@@ -21,6 +21,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+from typing import Any, Callable, NamedTuple
 
 import keras
 
@@ -44,7 +45,7 @@ _RUN_ID_FILE = "mlflow_run_id"
 
 @dataclasses.dataclass(frozen=True)
 class TrainResult:
-    """What `train_language_model` did: the run and model folders, metrics.json's content, and
+    """What `train_model` did: the run and model folders, metrics.json's content, and
     whether a finished model was found (skipped). Example: `result.metrics["test_ppl"]` -> 118.4."""
 
     run_dir: str
@@ -53,9 +54,35 @@ class TrainResult:
     skipped: bool
 
 
-def train_language_model(config: PipelineConfig, dataset_dir: str, verbose: bool = True,
-                         warm_start_dir: str | None = None) -> TrainResult:
-    """Trains (or resumes, or finds finished) the model that `config` describes.
+class TrainingKind(NamedTuple):
+    """What differs between training a language model and a seq2seq model: data only.
+
+    Example:
+        >>> KINDS["seq2seq"].unit, KINDS["lm"].min_train_units(20)
+        ('pairs', 41)
+    """
+
+    load_split: Callable[[str, str], Any]  # (dataset_dir, split) -> the split's stream
+    unit: str  # what len(stream) counts
+    min_train_units: Callable[[int], int]  # the fewest train units for a global batch
+    trainer_class: type
+    label: Callable[[PipelineConfig], str]  # the model, in messages and run names
+
+    def steps_per_epoch(self, train_units: int, global_batch: int, bptt: int) -> int | None:
+        """Training windows per epoch (language models; seq2seq batches vary: None)."""
+        return num_windows(train_units, global_batch, bptt) if self.unit == "tokens" else None
+
+
+KINDS = {
+    "lm": TrainingKind(load_token_stream, "tokens", lambda batch: batch * 2 + 1, Trainer, lambda config: config.model.cell),
+    "seq2seq": TrainingKind(load_pairs, "pairs", lambda batch: batch, Seq2SeqTrainer, lambda config: "seq2seq"),
+}
+
+
+def train_model(config: PipelineConfig, dataset_dir: str, verbose: bool = True,
+                warm_start_dir: str | None = None) -> TrainResult:
+    """Trains (or resumes, or finds finished) the model that `config` describes: a language
+    model or a seq2seq model (`model.kind`; `KINDS` holds what differs).
 
     Args:
         warm_start_dir: a finished model folder whose weights start this training (the
@@ -68,26 +95,19 @@ def train_language_model(config: PipelineConfig, dataset_dir: str, verbose: bool
     model_dir = os.path.join(run_dir, MODEL_DIR)
     if os.path.exists(os.path.join(model_dir, METRICS)):
         return TrainResult(run_dir, model_dir, read_json(os.path.join(model_dir, METRICS)), True)
-    seq2seq = config.model.kind == "seq2seq"
+    kind = KINDS[config.model.kind]
     _check_dataset_kind(config, stats, dataset_dir)
-    streams = {s: (load_pairs if seq2seq else load_token_stream)(dataset_dir, s) for s in ("train", "valid", "test")}
     global_batch = config.train.batch_size * strategy.num_replicas_in_sync
-    if len(streams["train"]) < (global_batch if seq2seq else global_batch * 2 + 1):
-        unit = "pairs" if seq2seq else "tokens"
-        raise InputDataError(
-            f"the train split has {len(streams['train'])} {unit}, too few for a global batch of "
-            f"{global_batch} (train.batch_size={config.train.batch_size} x "
-            f"{strategy.num_replicas_in_sync} replicas); lower the batch size or add text")
-    chief = is_chief(strategy)  # only the chief tracks (and checks the server first)
+    streams = _load_streams(kind, dataset_dir, config, global_batch, strategy.num_replicas_in_sync)
     interval = config.tracking.system_metrics_interval_s if config.tracking.system_metrics else None
-    tracker = RunTracker(config.tracking.uri, config.tracking.experiment, interval) if chief else None
+    tracker = (RunTracker(config.tracking.uri, config.tracking.experiment, interval)
+               if is_chief(strategy) else None)  # only the chief tracks (and checks the server first)
     os.makedirs(run_dir, exist_ok=True)
     model_config = model_config_for(config, stats)
     keras.utils.set_random_seed(config.train.seed)  # the same config gives the same initial weights
     with strategy.scope():
         model = build_model(model_config)
-    trainer_class = Seq2SeqTrainer if seq2seq else Trainer
-    trainer = trainer_class(model, config.train, run_dir, verbose=verbose, strategy=strategy)
+    trainer = kind.trainer_class(model, config.train, run_dir, verbose=verbose, strategy=strategy)
     resumed = trainer.restore()
     if warm_start_dir and not resumed:
         model.load_weights(os.path.join(warm_start_dir, WEIGHTS))
@@ -95,39 +115,21 @@ def train_language_model(config: PipelineConfig, dataset_dir: str, verbose: bool
         history = _fit_in_cluster(trainer, streams)
         return TrainResult(run_dir, "", {"epochs": len(history), "worker": True,
                                          "valid_ppl": history[-1]["valid_ppl"] if history else None}, False)
-    run_id = _previous_run_id(run_dir) if resumed else None
-    params = {**flatten_config(config), "param_count": model.count_params(), "dataset_dir": dataset_dir}
-    name = "seq2seq" if seq2seq else config.model.cell
-    run_id = tracker.start(f"{name}-{os.path.basename(run_dir)}", params, _tags(stats), run_id)
-    tracker.log_datasets(dataset_dir, stats)
-    write_text(os.path.join(run_dir, _RUN_ID_FILE), run_id)
-    slow = precision_warning(config.train.precision)
-    if slow:
-        print(f"lmpipe: warning: {slow}", file=sys.stderr, flush=True)
-    if verbose:
-        print(f"training {'seq2seq model' if seq2seq else config.model.cell + ' LM'} "
-              f"({model.count_params():,} parameters) in {run_dir}"
-              + (" (resumed)" if resumed else "") + f"; MLflow run {run_id}", flush=True)
-
-    def on_epoch_end(record: dict) -> None:
-        tracker.log_metrics({k: v for k, v in record.items() if k not in ("epoch", "improved")},
-                            step=record["epoch"])
-
+    run_id = _start_run(tracker, config, kind, dataset_dir, stats, run_dir, model, resumed, verbose)
     try:
-        history = _fit_in_cluster(trainer, streams, on_epoch_end)
+        history = _fit_in_cluster(trainer, streams, lambda record: tracker.log_metrics(
+            {k: v for k, v in record.items() if k not in ("epoch", "improved")}, step=record["epoch"]))
     except BaseException:
         tracker.end("KILLED")
         raise
     if os.path.exists(trainer.best_weights_path()):
         model.load_weights(trainer.best_weights_path())
-    valid = trainer.evaluate(streams["valid"])
-    test = trainer.evaluate(streams["test"])
+    valid, test = trainer.evaluate(streams["valid"]), trainer.evaluate(streams["test"])
     metrics = {
         "valid_ppl": valid.perplexity, "test_ppl": test.perplexity, "valid_loss": valid.loss,
         "test_loss": test.loss, "test_bits_per_token": test.bits_per_token,
         "test_tokens": test.tokens, "epochs": len(history), "param_count": model.count_params(),
-        "train_steps_per_epoch": (None if seq2seq else
-                                  num_windows(len(streams["train"]), global_batch, config.train.bptt)),
+        "train_steps_per_epoch": kind.steps_per_epoch(len(streams["train"]), global_batch, config.train.bptt),
         "kind": config.model.kind,
         "replicas": strategy.num_replicas_in_sync, "global_batch": global_batch,
         "mlflow_run_id": run_id, "dataset_dir": dataset_dir, "fingerprint": stats["fingerprint"],
@@ -139,6 +141,38 @@ def train_language_model(config: PipelineConfig, dataset_dir: str, verbose: bool
     tracker.log_artifacts(model_dir, MODEL_ARTIFACT)
     tracker.end()
     return TrainResult(run_dir, model_dir, metrics, False)
+
+
+def _load_streams(kind: TrainingKind, dataset_dir: str, config: PipelineConfig, global_batch: int,
+                  replicas: int) -> dict:
+    """The train, valid and test streams; InputDataError when train cannot fill a batch."""
+    streams = {s: kind.load_split(dataset_dir, s) for s in ("train", "valid", "test")}
+    if len(streams["train"]) < kind.min_train_units(global_batch):
+        raise InputDataError(
+            f"the train split has {len(streams['train'])} {kind.unit}, too few for a global batch of "
+            f"{global_batch} (train.batch_size={config.train.batch_size} x "
+            f"{replicas} replicas); lower the batch size or add text")
+    return streams
+
+
+def _start_run(tracker: RunTracker, config: PipelineConfig, kind: TrainingKind, dataset_dir: str, stats: dict,
+               run_dir: str, model, resumed: bool, verbose: bool) -> str:
+    """Starts the chief's MLflow run (resumed with the run's id when training resumes):
+    params, tags, the splits as datasets; prints the precision warning and the opening
+    line. -> the run id."""
+    run_id = _previous_run_id(run_dir) if resumed else None
+    params = {**flatten_config(config), "param_count": model.count_params(), "dataset_dir": dataset_dir}
+    run_id = tracker.start(f"{kind.label(config)}-{os.path.basename(run_dir)}", params, _tags(stats), run_id)
+    tracker.log_datasets(dataset_dir, stats)
+    write_text(os.path.join(run_dir, _RUN_ID_FILE), run_id)
+    slow = precision_warning(config.train.precision)
+    if slow:
+        print(f"lmpipe: warning: {slow}", file=sys.stderr, flush=True)
+    if verbose:
+        what = "seq2seq model" if kind.unit == "pairs" else f"{config.model.cell} LM"
+        print(f"training {what} ({model.count_params():,} parameters) in {run_dir}"
+              + (" (resumed)" if resumed else "") + f"; MLflow run {run_id}", flush=True)
+    return run_id
 
 
 def _fit_in_cluster(trainer: Trainer, streams: dict, on_epoch_end=None) -> list[dict]:
@@ -158,7 +192,7 @@ def _fit_in_cluster(trainer: Trainer, streams: dict, on_epoch_end=None) -> list[
 
 def _check_dataset_kind(config: PipelineConfig, stats: dict, dataset_dir: str) -> None:
     pairs = stats.get("kind") == "pairs"
-    if pairs != (config.model.kind == "seq2seq"):
+    if pairs != (KINDS[config.model.kind].unit == "pairs"):
         have = "pairs" if pairs else "a text stream"
         raise InputDataError(
             f"model.kind={config.model.kind} cannot train on {dataset_dir}, which holds {have}; use "

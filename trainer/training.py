@@ -158,6 +158,7 @@ class Trainer:
 
     @property
     def history(self) -> list[dict]:
+        """The per-epoch records so far (kept in the checkpoint, so a resumed run has them)."""
         return json.loads(self._history.numpy().decode())
 
     def restore(self) -> bool:
@@ -220,6 +221,9 @@ class Trainer:
         return train_step
 
     def save(self) -> str:
+        """Writes a checkpoint numbered by the global step -> its path (a worker writes to a scratch
+        folder it then deletes).
+        """
         path = self._manager.save(checkpoint_number=int(self._global_step.numpy()))
         if not self.is_chief:
             tf.io.gfile.rmtree(self._write_dir)
@@ -305,6 +309,7 @@ class Trainer:
         return evaluate(self.model, stream, eval_step=self._eval_step)
 
     def best_weights_path(self) -> str:
+        """`<run_dir>/best.weights.h5`: the weights of the best valid perplexity so far."""
         return os.path.join(self.run_dir, "best.weights.h5")
 
     def _save_best(self) -> None:

@@ -27,7 +27,7 @@ from typing import Sequence
 
 import tensorflow as tf
 
-from pipeline.core.constants import TOKENIZER_FILE, VOCAB_FILE
+from pipeline.core.constants import BOS_ID, TOKENIZER_FILE, VOCAB_FILE
 from pipeline.core.tokenizer import Tokenizer, TokenizerSpec
 
 FEATURE_SOURCE_IDS = "source_ids"
@@ -64,6 +64,18 @@ def parse_pair_example(serialized: bytes) -> dict:
         FEATURE_TARGET_IDS: list(f[FEATURE_TARGET_IDS].int64_list.value),
         FEATURE_PAIR: f[FEATURE_PAIR].int64_list.value[0],
     }
+
+
+def decoder_input(target_out: tf.Tensor) -> tf.Tensor:
+    """The decoder's teacher-forced input: <bos>, then `target_out` without its last token,
+    along the last axis (int32 [T] -> [T], [B, T] -> [B, T]); the one place the shift lives.
+
+    Example:
+        >>> decoder_input(tf.constant([[7, 8, 3]])).numpy()   # 3 = <eos>
+        array([[2, 7, 8]], dtype=int32)
+    """
+    start = tf.fill(tf.concat([tf.shape(target_out)[:-1], [1]], axis=0), tf.constant(BOS_ID, target_out.dtype))
+    return tf.concat([start, target_out[..., :-1]], axis=-1)
 
 
 def vocab_file_name(side: str, shared: bool) -> str:

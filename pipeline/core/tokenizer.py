@@ -54,6 +54,9 @@ class TokenizerSpec:
     normalization: str = "NFC"
 
     def to_json(self, vocab_size: int) -> str:
+        """tokenizer.json's text: this spec, the reserved tokens' ids, `vocab_size` and the
+        vocabulary file's name.
+        """
         body = dataclasses.asdict(self) | {
             "specials": {tok: i for i, tok in enumerate(RESERVED_TOKENS)},
             "vocab_size": vocab_size,
@@ -64,6 +67,7 @@ class TokenizerSpec:
 
     @classmethod
     def from_json(cls, text: str) -> "TokenizerSpec":
+        """The spec in tokenizer.json's `text` (keys that are not spec fields are ignored)."""
         body = json.loads(text)
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in body.items() if k in names})

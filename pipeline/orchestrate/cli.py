@@ -23,9 +23,9 @@ import os
 import sys
 from typing import Callable
 
-from pipeline.orchestrate.quiet_logs import configure_logging  # first: it sets TF_CPP_MIN_LOG_LEVEL before TensorFlow loads
 from pipeline.core.errors import InputDataError, LmpipeError
 from pipeline.orchestrate.generate_command import cmd_generate
+from pipeline.orchestrate.quiet_logs import configure_logging  # first: it sets TF_CPP_MIN_LOG_LEVEL before TensorFlow loads
 
 DEFAULT_CONFIG = "pipeline_config.yaml"
 
@@ -93,9 +93,9 @@ def cmd_train(args, extra: list[str]) -> int:
     """`lmpipe train`: trains (or resumes, or finds) the model and prints its metrics."""
     config = _load(args)
     dataset_dir = _dataset_for(config)
-    from trainer.train_run import train_language_model
+    from trainer.train_run import train_model
 
-    result = train_language_model(config, dataset_dir)
+    result = train_model(config, dataset_dir)
     m = result.metrics
     if m.get("worker"):
         print(f"worker finished {m['epochs']} epochs in step with the chief "
@@ -311,32 +311,44 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     parser = argparse.ArgumentParser(
         prog="lmpipe", description="Train LSTM language models and serve text generation.")
     sub = parser.add_subparsers(dest="command", required=True)
+    subcommands = [  # name, help, description, its arguments, its handler
+        ("config", "inspect the configuration", None, _config_command_args, cmd_config_show),
+        ("preprocess", "corpus -> TFRecords, vocab, stats (Apache Beam)",
+         "Unknown flags are Beam pipeline options (--runner, --direct_num_workers, ...).", _config_args, cmd_preprocess),
+        ("train", "train the language model on the preprocessed data (MLflow)", None, _config_args, cmd_train),
+        ("evaluate", "perplexity of a trained model on dataset splits", None, _evaluate_args, cmd_evaluate),
+        ("export", "write the trained model as a new SavedModel version", None, _export_args, cmd_export),
+        ("check-export", "prove an export runs without this project (TF Serving)", None,
+         lambda p: p.add_argument("export_dir"), cmd_check_export),
+        ("serve", "serve the exported versions with TF Serving's REST API", None, _serve_args, cmd_serve),
+        ("generate", "generate text through a server or a SavedModel", None, _generate_args, cmd_generate),
+        ("run", "every stage, idempotent and locked: for cron, systemd or Airflow",
+         "Exit codes: 0 promoted or nothing new, 10 not better, 11 locked, 1 failure.", _config_args, cmd_run),
+        ("report", "insight reports: gradients, gates, decoding (PNG + CSV/JSON, MLflow)", None,
+         _report_args, cmd_report),
+        ("schedule", "print (or --install) a crontab line or a systemd timer for lmpipe run", None,
+         _schedule_args, cmd_schedule),
+    ]
     handlers: dict[str, Callable] = {}
+    for name, help_text, description, add_arguments, handler in subcommands:
+        add_arguments(sub.add_parser(name, help=help_text, description=description))
+        handlers[name] = handler
+    return parser, handlers
 
-    config = sub.add_parser("config", help="inspect the configuration")
+
+def _config_command_args(config: argparse.ArgumentParser) -> None:
     config_sub = config.add_subparsers(dest="config_command", required=True)
-    show = config_sub.add_parser("show", help="print the effective config as YAML")
-    _config_args(show)
-    handlers["config"] = cmd_config_show
+    _config_args(config_sub.add_parser("show", help="print the effective config as YAML"))
 
-    pre = sub.add_parser(
-        "preprocess", help="corpus -> TFRecords, vocab, stats (Apache Beam)",
-        description="Unknown flags are Beam pipeline options (--runner, --direct_num_workers, ...).")
-    _config_args(pre)
-    handlers["preprocess"] = cmd_preprocess
 
-    train = sub.add_parser("train", help="train the language model on the preprocessed data (MLflow)")
-    _config_args(train)
-    handlers["train"] = cmd_train
-
-    ev = sub.add_parser("evaluate", help="perplexity of a trained model on dataset splits")
+def _evaluate_args(ev: argparse.ArgumentParser) -> None:
     _config_args(ev)
     ev.add_argument("--split", nargs="+", default=["test"], choices=["train", "valid", "test"])
     ev.add_argument("--model-dir", help="a trained model folder (default: this config's run)")
     ev.add_argument("--dataset-dir", help="a preprocessed dataset folder (default: this config's)")
-    handlers["evaluate"] = cmd_evaluate
 
-    ex = sub.add_parser("export", help="write the trained model as a new SavedModel version")
+
+def _export_args(ex: argparse.ArgumentParser) -> None:
     _config_args(ex)
     ex.add_argument("--model-dir", help="a trained model folder (default: this config's run)")
     ex.add_argument("--no-check", dest="check", action="store_false",
@@ -345,13 +357,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
                     help="do not log the export as an MLflow Model nor register it")
     ex.add_argument("--from", dest="source", metavar="MODELS_URI",
                     help="export a registered version instead: models:/<name>@<alias> or models:/<name>/<version>")
-    handlers["export"] = cmd_export
 
-    chk = sub.add_parser("check-export", help="prove an export runs without this project (TF Serving)")
-    chk.add_argument("export_dir")
-    handlers["check-export"] = cmd_check_export
 
-    srv = sub.add_parser("serve", help="serve the exported versions with TF Serving's REST API")
+def _serve_args(srv: argparse.ArgumentParser) -> None:
     _config_args(srv)
     srv.add_argument("--model-base-path", help="<export.base_path>/<model_name> (default from config)")
     srv.add_argument("--host", help="bind address (default serve.host, 127.0.0.1)")
@@ -361,9 +369,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
                      help="print the tensorflow_model_server command for the files lmpipe run writes, and exit")
     srv.add_argument("--model-config-dir", help="folder of a models.config pinning versions and labels "
                      "(default: export.base_path when --model-base-path is not given)")
-    handlers["serve"] = cmd_serve
 
-    gen = sub.add_parser("generate", help="generate text through a server or a SavedModel")
+
+def _generate_args(gen: argparse.ArgumentParser) -> None:
     gen.add_argument("prompts", nargs="+")
     where = gen.add_mutually_exclusive_group(required=True)
     where.add_argument("--url", help="a TF Serving or lmpipe serve address: http://host:8501 (REST) "
@@ -378,29 +386,21 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
                        ("k", int), ("p", float), ("seed", int), ("beam_width", int),
                        ("repetition_penalty", float), ("no_repeat_ngram_size", int), ("length_penalty", float)]:
         gen.add_argument("--" + name.replace("_", "-"), dest=name, type=kind)
-    handlers["generate"] = cmd_generate
 
-    run = sub.add_parser(
-        "run", help="every stage, idempotent and locked: for cron, systemd or Airflow",
-        description="Exit codes: 0 promoted or nothing new, 10 not better, 11 locked, 1 failure.")
-    _config_args(run)
-    handlers["run"] = cmd_run
 
-    rep = sub.add_parser("report", help="insight reports: gradients, gates, decoding (PNG + CSV/JSON, MLflow)")
+def _report_args(rep: argparse.ArgumentParser) -> None:
     rep.add_argument("report", choices=["gradients", "gates", "decoding", "translation"],
                      help="translation: seq2seq models (BLEU, samples, attention heatmaps)")
     _config_args(rep)
     rep.add_argument("--model-dir", help="a trained model folder (default: this config's run)")
     rep.add_argument("--text", help="gates: the text to trace (default: lines of the test split)")
-    handlers["report"] = cmd_report
 
-    sch = sub.add_parser("schedule", help="print (or --install) a crontab line or a systemd timer for lmpipe run")
+
+def _schedule_args(sch: argparse.ArgumentParser) -> None:
     _config_args(sch)
     sch.add_argument("--cron", default="0 3 * * *", help='cron expression (default "0 3 * * *")')
     sch.add_argument("--systemd", action="store_true", help="a systemd service + timer instead of crontab")
     sch.add_argument("--install", action="store_true", help="install it (user crontab / ~/.config/systemd/user)")
-    handlers["schedule"] = cmd_schedule
-    return parser, handlers
 
 
 def main(argv: list[str] | None = None) -> int:

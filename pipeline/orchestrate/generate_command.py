@@ -18,6 +18,10 @@ from pipeline.core.errors import InputDataError, LmpipeError, ServiceUnreachable
 
 
 def cmd_generate(args, extra: list[str]) -> int:
+    """`lmpipe generate`: each prompt's text (or its tokens as they arrive, `--stream`) from a
+    server (`--url`) or a SavedModel in this process (`--export-dir`); the knobs checked before
+    anything is sent. -> exit code.
+    """
     from serving.generation_module import SIGNATURE_KNOBS
     from serving.knobs import knob_problem
 

@@ -24,6 +24,15 @@ class RunLocked(LmpipeError):
 
 
 class RunLock:
+    """An exclusive `flock` on `<work_dir>/lmpipe-run.lock` for `lmpipe run`, as a context manager;
+    a second holder gets RunLocked (exit 11); a lock left by a dead process is taken over
+    (`previous_pid`).
+
+    Example:
+        >>> with RunLock("work"):
+        ...     run_every_stage()
+    """
+
     def __init__(self, work_dir: str) -> None:
         self.path = os.path.join(work_dir, "lmpipe-run.lock")
         self._fd: int | None = None

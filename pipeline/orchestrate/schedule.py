@@ -43,6 +43,9 @@ def _check_cron(cron: str) -> list[str]:
 
 
 def crontab_line(config_path: str, cron: str, log_file: str) -> str:
+    """One crontab line that runs `lmpipe run --config <config_path>` at `cron` in the config's
+    folder, appending to `log_file`; tagged with the config's path so --install replaces it.
+    """
     _check_cron(cron)
     folder, command, log = _command(config_path, log_file)
     return (f"{cron} mkdir -p {shlex.quote(os.path.dirname(log))} && cd {shlex.quote(folder)} && "

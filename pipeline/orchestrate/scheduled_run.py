@@ -27,9 +27,9 @@ from typing import Callable
 
 from pipeline.core.config import PipelineConfig
 from pipeline.core.constants import STATS_FILE, UNK_ID, VOCAB_FILE
-from pipeline.preprocess.run import run_preprocess
-from pipeline.orchestrate.run_lock import RunLock
 from pipeline.core.tokenizer import read_vocab
+from pipeline.orchestrate.run_lock import RunLock
+from pipeline.preprocess.run import run_preprocess
 
 EXIT_NOT_BETTER = 10
 STAGES = ("preprocess", "train", "report", "evaluate", "export", "promote")
@@ -158,9 +158,9 @@ def _warm_start(config, dataset_dir: str, champion_dir: str | None) -> tuple[str
 
 
 def _train(config, dataset_dir: str, warm_dir: str | None) -> dict:
-    from trainer.train_run import train_language_model
+    from trainer.train_run import train_model
 
-    result = train_language_model(config, dataset_dir, warm_start_dir=warm_dir)
+    result = train_model(config, dataset_dir, warm_start_dir=warm_dir)
     return {"model_dir": result.model_dir, "mlflow_run_id": result.metrics["mlflow_run_id"],
             "test_ppl": result.metrics["test_ppl"], "skipped": result.skipped}
 

@@ -6,7 +6,8 @@
     corpus, pairs_inputs        the input files, checked before Beam starts
     reading, pairs_reading      block reading (each block read once) and the split rule
     vocabulary                  the vocabulary combiners
-    tokenize_fn, pairs_encode   encoding into records, with per-split counts
+    encoding                    text -> ids, the tokenizer per vocabulary, token counts (both paths)
+    tokenize_fn, pairs_encode   the Beam steps: ids into records, with per-split counts
     split_stats, pairs_stats    the counts merged into stats.json
 
 Imports only `pipeline.core`.

@@ -23,12 +23,14 @@ import os
 import shutil
 import time
 import uuid
+from typing import Callable
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.core.constants import DATASET_FORMAT_VERSION, SPLITS, STATS_FILE
+from pipeline.core.errors import InputDataError
 from pipeline.preprocess.split_stats import SumStatsFn
 
 SPLIT_STATS = "_split_stats"  # the pipeline's per-split sums (JSON lines), read then deleted
@@ -96,6 +98,24 @@ def read_json_lines(out_dir: str, prefix: str) -> list[dict]:
             records.extend(json.loads(line) for line in f.read().decode().splitlines())
         FileSystems.delete([meta.path])
     return records
+
+
+def check_splits(splits: dict, unit: str, nothing: str, empty_split: Callable[[str], str]) -> None:
+    """Raises InputDataError unless every split of `splits` (stats.json's) counts some `unit`
+    ("tokens", "pairs"): with `nothing` when no split does, else with `empty_split(split)`
+    for the first empty one, in SPLITS order.
+
+    Example:
+        >>> check_splits({"train": {"tokens": 9}, "valid": {"tokens": 0}, "test": {"tokens": 2}},
+        ...              "tokens", "no text", lambda s: f"the {s} split is empty")
+        Traceback (most recent call last):
+        pipeline.core.errors.InputDataError: the valid split is empty
+    """
+    if all(splits[s][unit] == 0 for s in SPLITS):
+        raise InputDataError(nothing)
+    for split in SPLITS:
+        if not splits[split][unit]:
+            raise InputDataError(empty_split(split))
 
 
 def stats_header(fingerprint: str, seconds: float) -> dict:

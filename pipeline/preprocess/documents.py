@@ -23,16 +23,15 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.core.config import PipelineConfig
 from pipeline.core.constants import SPLITS, STATS_FILE, TOKENIZER_FILE, VOCAB_FILE
+from pipeline.core.tokenizer import read_vocab, vocab_file_text
 from pipeline.preprocess.corpus import InputFile, dataset_fingerprint, resolve_inputs
 from pipeline.preprocess.dataset_folder import (
-    SPLIT_STATS, PreprocessResult, batch_elements, build_dataset, read_json_lines, stats_footer, stats_header,
-    write_splits, write_text,
+    SPLIT_STATS, PreprocessResult, batch_elements, build_dataset, check_splits, read_json_lines, stats_footer,
+    stats_header, write_splits, write_text,
 )
-from pipeline.core.errors import InputDataError
 from pipeline.preprocess.reading import ReadCorpus
 from pipeline.preprocess.split_stats import COUNTS_TAG, STATS_TAG, finish_split_stats, to_json_record
 from pipeline.preprocess.tokenize_fn import TokenizeFn
-from pipeline.core.tokenizer import read_vocab, vocab_file_text
 from pipeline.preprocess.vocabulary import LearnVocabulary, spec_of
 
 
@@ -112,20 +111,17 @@ def _write_metadata(out_dir, files, config, fingerprint, seconds) -> dict:
 
 
 def _check_splits(stats: dict, config: PipelineConfig) -> None:
-    splits = stats["splits"]
-    if all(splits[s]["tokens"] == 0 for s in SPLITS):
-        raise InputDataError(
-            "the corpus holds no text: every line was empty or unreadable "
-            f"(inputs: {', '.join(i['path'] for i in stats['inputs'][:3])})")
     hashed = not config.data.valid or not config.data.test
-    for split in SPLITS:
-        if splits[split]["tokens"]:
-            continue
+
+    def empty(split: str) -> str:
         if split != "train" and getattr(config.data, split):
-            raise InputDataError(f"the {split} split is empty: data.{split} holds no text")
+            return f"the {split} split is empty: data.{split} holds no text"
         source = ("data.train" if not hashed else "data.train after the hash split"
                   if split == "train" else f"the {split}_fraction share of data.train")
         hint = ("" if not hashed else
                 "; give more documents, change the fractions, use data.format: lines, "
                 "or give data.valid and data.test their own files")
-        raise InputDataError(f"the {split} split is empty: {source} holds no text{hint}")
+        return f"the {split} split is empty: {source} holds no text{hint}"
+
+    check_splits(stats["splits"], "tokens", "the corpus holds no text: every line was empty or unreadable "
+                 f"(inputs: {', '.join(i['path'] for i in stats['inputs'][:3])})", empty)

@@ -27,19 +27,19 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.core.config import PipelineConfig
 from pipeline.core.constants import SPLITS, STATS_FILE
-from pipeline.preprocess.dataset_folder import (
-    SPLIT_STATS, PreprocessResult, batch_elements, build_dataset, read_json_lines, stats_footer, stats_header,
-    write_splits, write_text,
-)
 from pipeline.core.errors import InputDataError
 from pipeline.core.pair_records import SIDES, tokenizer_file_name, vocab_file_name
+from pipeline.core.tokenizer import read_vocab, vocab_file_text
+from pipeline.preprocess.dataset_folder import (
+    SPLIT_STATS, PreprocessResult, batch_elements, build_dataset, check_splits, read_json_lines, stats_footer,
+    stats_header, write_splits, write_text,
+)
 from pipeline.preprocess.pairs_encode import EncodePairsFn, TextLines, side_specs
 from pipeline.preprocess.pairs_inputs import PairInput, pair_fingerprint, resolve_pair_inputs
 from pipeline.preprocess.pairs_reading import LINES_TAG, ReadPairs
 from pipeline.preprocess.pairs_stats import empty_pair_record, finish_pair_split_stats, to_pair_json_record
 from pipeline.preprocess.reading import BLOCK_BYTES
 from pipeline.preprocess.split_stats import COUNTS_TAG, STATS_TAG
-from pipeline.core.tokenizer import read_vocab, vocab_file_text
 from pipeline.preprocess.vocabulary import LearnVocabulary, spec_of
 
 _LINE_COUNTS = "_line_counts"
@@ -166,18 +166,16 @@ def _write_metadata(out_dir, files, lines, config, fingerprint, seconds) -> dict
 
 def _check_splits(stats: dict, config: PipelineConfig) -> None:
     splits = stats["splits"]
-    if all(splits[s]["pairs"] == 0 for s in SPLITS):
-        skipped = {k: sum(splits[s][k] for s in SPLITS) for k in splits["train"] if k.startswith("skipped_")}
-        reasons = ", ".join(f"{k.removeprefix('skipped_')}: {v:,}" for k, v in skipped.items() if v)
-        raise InputDataError(
-            "the input holds no usable pair" + (f" (skipped: {reasons})" if reasons else "")
-            + f"; inputs: {', '.join(i['path'] for i in stats['inputs'][:4])}")
-    for split in SPLITS:
-        if splits[split]["pairs"]:
-            continue
+    skipped = {k: sum(splits[s][k] for s in SPLITS) for k in splits["train"] if k.startswith("skipped_")}
+    reasons = ", ".join(f"{k.removeprefix('skipped_')}: {v:,}" for k, v in skipped.items() if v)
+
+    def empty(split: str) -> str:
         own = split != "train" and config.data.has_own(split)
         where = ("its own files hold no usable pair" if own else
                  "data.train holds no usable pair after the hash split" if split == "train" else
                  f"the {split}_fraction share of the train pairs is empty; give more pairs, "
                  f"raise data.{split}_fraction or give the {split} split its own files")
-        raise InputDataError(f"the {split} split is empty: {where}")
+        return f"the {split} split is empty: {where}"
+
+    check_splits(splits, "pairs", "the input holds no usable pair" + (f" (skipped: {reasons})" if reasons else "")
+                 + f"; inputs: {', '.join(i['path'] for i in stats['inputs'][:4])}", empty)

@@ -1,5 +1,5 @@
 """The Beam step that turns batches of `Pair`s into serialized pair records and partial
-stats, with the same `Tokenizer` (and `encode_batch`) as document records.
+stats, with the documents' encoding and token counts (`pipeline.preprocess.encoding`).
 
 A pair whose source or target has more than `preprocess.max_pair_tokens` tokens
 (<eos> not counted) is skipped and counted, never truncated.
@@ -18,13 +18,11 @@ from typing import Sequence
 import apache_beam as beam
 import numpy as np
 
-from pipeline.core.constants import UNK_ID
 from pipeline.core.pair_records import SIDES, encode_pair_example
+from pipeline.core.tokenizer import TokenizerSpec
+from pipeline.preprocess.encoding import TokenizerCache, add_token_counts, encode_batch
 from pipeline.preprocess.pairs_reading import Pair
 from pipeline.preprocess.split_stats import STATS_TAG, split_partials
-from pipeline.preprocess.tokenize_fn import encode_batch
-from pipeline.core.tokenizer import Tokenizer, TokenizerSpec
-
 
 
 @dataclasses.dataclass
@@ -36,6 +34,7 @@ class TextLines:
 
     @classmethod
     def of(cls, texts: Sequence[str]) -> "TextLines":
+        """Each text a whole line with <eos> after it."""
         return cls(list(texts), [True] * len(texts))
 
 
@@ -53,24 +52,19 @@ class EncodePairsFn(beam.DoFn):
     """
 
     def __init__(self, spec: TokenizerSpec, max_pair_tokens: int) -> None:
-        self._specs = side_specs(spec)
+        self._tokenizers = {side: TokenizerCache(s) for side, s in side_specs(spec).items()}
         self._max = max_pair_tokens
-        self._tokenizers: dict[str, Tokenizer] = {}
-        self._vocab_sizes: dict[str, int] = {}
         self._stats: dict[str, collections.Counter] = {}
 
     def start_bundle(self) -> None:
+        """Starts the bundle's stats empty."""
         self._stats = {}
 
     def process(self, pairs: list[Pair], source_vocab: list[str], target_vocab: list[str]):
+        """Each pair that fits as one record on its split's output; stats kept for the bundle."""
         vocabs = {"source": source_vocab, "target": target_vocab}
-        encoded = {}
-        for side in SIDES:
-            if self._vocab_sizes.get(side) != len(vocabs[side]):
-                self._tokenizers[side] = Tokenizer(self._specs[side], vocab=vocabs[side])
-                self._vocab_sizes[side] = len(vocabs[side])
-            texts = [getattr(p, side) for p in pairs]
-            encoded[side] = encode_batch(self._tokenizers[side], [TextLines.of(texts)])
+        encoded = {side: encode_batch(self._tokenizers[side].get(vocabs[side]),
+                                      [TextLines.of([getattr(p, side) for p in pairs])]) for side in SIDES}
         for i, pair in enumerate(pairs):
             ids = {}
             for side in SIDES:
@@ -87,26 +81,21 @@ class EncodePairsFn(beam.DoFn):
                 ids["source"].tolist(), ids["target"].tolist(), pair.pair))
 
     def _text_length(self, side: str, ids: np.ndarray) -> int:
-        return len(ids) - int(self._specs[side].add_eos)
+        return len(ids) - int(self._tokenizers[side].spec.add_eos)
 
     def _split_stats(self, split: str) -> collections.Counter:
         stats = self._stats.get(split)
         if stats is None:
             stats = self._stats[split] = collections.Counter()
             for side in SIDES:
-                stats[f"{side}_id_counts"] = np.zeros(self._vocab_sizes[side], np.int64)
                 stats[f"{side}_lengths"] = collections.Counter()
         return stats
 
-    @staticmethod
-    def _add(stats, side: str, ids: np.ndarray, literal_unk: int) -> None:
-        unk = int(np.count_nonzero(ids == UNK_ID))
-        stats[f"{side}_tokens"] += len(ids)
-        stats[f"{side}_unk_tokens"] += unk
-        stats[f"{side}_oov_tokens"] += unk - literal_unk
-        stats[f"{side}_id_counts"] += np.bincount(ids, minlength=len(stats[f"{side}_id_counts"]))
+    def _add(self, stats, side: str, ids: np.ndarray, literal_unk: int) -> None:
+        add_token_counts(stats, ids, literal_unk, self._tokenizers[side].vocab_size, f"{side}_")
         stats[f"{side}_lengths"][len(ids)] += 1
 
     def finish_bundle(self):
+        """The bundle's stats, one (split, partial) per split, on STATS_TAG."""
         yield from split_partials(STATS_TAG, self._stats)
         self._stats = {}

@@ -19,8 +19,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline.core.config import DataConfig, PipelineConfig
 from pipeline.core.constants import SPLITS
-from pipeline.preprocess.corpus import AUTO_SPLIT, InputFile, _expand, _inspect, dataset_fingerprint
 from pipeline.core.errors import InputDataError
+from pipeline.preprocess.corpus import AUTO_SPLIT, InputFile, _expand, _inspect, dataset_fingerprint
 
 BOTH = "both"  # side of a file that holds whole pairs (pairs_tsv, pairs_jsonl)
 
@@ -47,6 +47,7 @@ class PairInput:
 
     @property
     def key(self) -> str:
+        """`<role>/<side>/<index>`: this file's key in line counts and block sizes."""
         return f"{self.role}/{self.side}/{self.index}"
 
 

@@ -45,6 +45,9 @@ class ReadLinesFn(beam.DoFn):
     """(file, start, end) -> (file, start, [raw lines]); its size on _BLOCK_SIZES."""
 
     def process(self, block):
+        """(file, start, end) -> (file, start, the lines of the block), a header line skipped; the
+        block's line count on _BLOCK_SIZES.
+        """
         file, start, end = block
         lines = [raw for offset, raw in _lines_in_block(file, start, end)
                  if not (file.header and offset == 0)]
@@ -59,6 +62,10 @@ class NumberLinesFn(beam.DoFn):
         self._files = files
 
     def process(self, block, sizes: dict):
+        """(file, start, lines) -> ((role, index, line number), (key, ordinal, raw)) per line,
+        numbered across the blocks and earlier files of its role and side (`sizes`: every block's
+        line count).
+        """
         file, start, lines = block
         first = sum(n for (key, s), n in sizes.items() if key == file.key and s < start)
         earlier = {f.key for f in self._files
@@ -81,9 +88,13 @@ class ParsePairFn(beam.DoFn):
         self._counts = {}
 
     def start_bundle(self) -> None:
+        """Starts the bundle's data-issue counts empty."""
         self._counts = collections.defaultdict(collections.Counter)
 
     def process(self, element):
+        """One pair's lines (line-aligned files) or one TSV / JSONL line -> a `Pair` with its split;
+        unreadable or empty lines are counted, not emitted.
+        """
         if self._data.format == "pairs":
             (_, _, line), sides = element
             by_side = {self._files[key].side: (self._files[key], ordinal, raw)
@@ -113,6 +124,7 @@ class ParsePairFn(beam.DoFn):
             yield Pair(split, ordinal, texts[0], texts[1])
 
     def finish_bundle(self):
+        """The bundle's data-issue counts, one (split, counts) per split, on COUNTS_TAG."""
         yield from split_partials(COUNTS_TAG, self._counts)
         self._counts = collections.defaultdict(collections.Counter)
 

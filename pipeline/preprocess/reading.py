@@ -103,6 +103,9 @@ class ReadBlockFn(beam.DoFn):
         self._metrics[name].inc(n)
 
     def process(self, block: tuple[InputFile, int, int]):
+        """(file, start, end) -> the `Chunk`s of the lines that start in the block (each with its
+        split), in batches; data issues counted on COUNTS_TAG.
+        """
         file, start, end = block
         counts = collections.defaultdict(collections.Counter)
         per_line = self._data.format != "text"

@@ -47,20 +47,24 @@ class SumStatsFn(beam.CombineFn):
     """Sums partial stats dicts; arrays (id_counts) are added element-wise."""
 
     def create_accumulator(self) -> dict[str, Any]:
+        """An empty sum."""
         return {}
 
     def add_input(self, acc: dict[str, Any], partial: dict[str, Any]) -> dict[str, Any]:
+        """Adds `partial`'s counters and arrays into `acc` (keys missing in one side count as 0)."""
         for key, value in partial.items():
             acc[key] = acc[key] + value if key in acc else value
         return acc
 
     def merge_accumulators(self, accumulators):
+        """The sum of the workers' accumulators."""
         merged: dict[str, Any] = {}
         for acc in accumulators:
             self.add_input(merged, acc)
         return merged
 
     def extract_output(self, acc: dict[str, Any]) -> dict[str, Any]:
+        """The sum itself."""
         return acc
 
 

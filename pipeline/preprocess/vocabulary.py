@@ -53,9 +53,11 @@ class CountPiecesFn(beam.DoFn):
         self._tokenizer = None
 
     def setup(self) -> None:
+        """A tokenizer that only splits (the vocabulary is not known yet)."""
         self._tokenizer = Tokenizer(self._spec, vocab=RESERVED_TOKENS)
 
     def process(self, chunks: list) -> Iterable[tuple[bytes, int]]:
+        """A batch of chunks -> (piece bytes, count) per distinct piece of its lines."""
         lines = [line for chunk in chunks for line in chunk.lines]
         if not lines:
             return

@@ -9,6 +9,7 @@ import os
 
 
 def write_csv(path: str, rows: list[dict]) -> None:
+    """`rows` (dicts with the same keys) as a CSV file with a header."""
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -16,11 +17,13 @@ def write_csv(path: str, rows: list[dict]) -> None:
 
 
 def write_json(path: str, data) -> None:
+    """`data` as indented JSON (numpy floats written as floats)."""
     with open(path, "w") as f:
         json.dump(data, f, indent=2, default=float)
 
 
 def write_markdown_table(path: str, rows: list[dict], floats: str = "{:.3f}") -> None:
+    """`rows` as a Markdown table, floats formatted with `floats`."""
     keys = list(rows[0])
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     for row in rows:
@@ -40,6 +43,7 @@ def log_to_run(folder: str, tracking_uri: str, run_id: str | None, name: str) ->
 
 
 def report_dir(base: str, name: str) -> str:
+    """`<base>/<name>/`, created if missing."""
     folder = os.path.join(base, name)
     os.makedirs(folder, exist_ok=True)
     return folder

@@ -21,8 +21,8 @@ import tensorflow as tf
 
 from pipeline.core.constants import EOS_ID
 from serving.decoders.generate import output_prefix, prime, seen_tokens
-from serving.knobs import Knobs
 from serving.decoders.logits_processors import NEG_INF, NEVER_TEXT, apply_processors
+from serving.knobs import Knobs
 
 _DEAD = NEG_INF / 2  # scores below this are not hypotheses
 

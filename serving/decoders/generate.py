@@ -26,9 +26,9 @@ import tensorflow as tf
 
 from pipeline.core.constants import EOS_ID, PAD_ID
 from serving.decoders.counter_rng import row_uniform
-from serving.knobs import Knobs
 from serving.decoders.logits_processors import NEVER_TEXT, apply_processors
 from serving.decoders.strategies import get_strategy
+from serving.knobs import Knobs
 
 STREAM_METHODS = ("greedy", "sample", "top_k", "top_p")  # the `method` input's values, in order
 
@@ -191,6 +191,9 @@ class PerRowStrategy:
                                    experimental_attributes={"_noinline": True}) for strategy in self.strategies]
 
     def select(self, logits, knobs: Knobs, u) -> tf.Tensor:
+        """logits [B, V], u [B] -> token [B]: each row by the strategy its `method` names (each
+        strategy runs only on its own rows, and only when it has some).
+        """
         token = tf.zeros([tf.shape(logits)[0]], tf.int32)
         for index, call in enumerate(self._calls):
             rows = tf.where(tf.equal(self.method, index))[:, 0]

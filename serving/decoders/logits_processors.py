@@ -62,6 +62,9 @@ def _end_if_stuck(logits):
 
 
 def repetition_penalty(logits, seen, penalty):
+    """CTRL's penalty on logits [B, V] of the tokens already seen (`seen` [B, V] > 0): positive
+    logits divided by penalty [B], negative ones multiplied.
+    """
     penalty = penalty[:, None]
     penalized = tf.where(logits > 0, logits / penalty, logits * penalty)
     return tf.where(seen > 0, penalized, logits)

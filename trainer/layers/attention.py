@@ -89,6 +89,9 @@ class LuongAttention(_Attention):
         self.score = score
 
     def build(self, query_shape, memory_shape=None) -> None:
+        """Creates W of the `general` score (memory size -> units); `dot` has no weights and needs
+        memory of the query's size.
+        """
         memory_dim = memory_shape[-1] if memory_shape is not None else self.units
         if self.score == "dot" and memory_dim != self.units:
             raise ValueError(
@@ -100,6 +103,9 @@ class LuongAttention(_Attention):
         self.built = True
 
     def keys(self, memory):
+        """memory [B, S, D] -> keys [B, S, units] (computed once per source: `general` multiplies by
+        W, `dot` uses the memory itself).
+        """
         memory = tf.cast(memory, self.compute_dtype)
         if self.score == "dot":
             return memory
@@ -109,6 +115,7 @@ class LuongAttention(_Attention):
         return tf.einsum("bth,bsh->bts", query, tf.cast(keys, query.dtype))
 
     def get_config(self) -> dict:
+        """The layer's arguments, `score` included, for Keras saving."""
         return {**super().get_config(), "score": self.score}
 
 
@@ -127,6 +134,7 @@ class BahdanauAttention(_Attention):
     """
 
     def build(self, query_shape, memory_shape=None) -> None:
+        """Creates W_memory, W_query, the bias and v of the additive score."""
         memory_dim = memory_shape[-1] if memory_shape is not None else query_shape[-1]
         self.memory_kernel = self.add_weight(name="memory_kernel", shape=(memory_dim, self.units),
                                              initializer="glorot_uniform")
@@ -137,6 +145,7 @@ class BahdanauAttention(_Attention):
         self.built = True
 
     def keys(self, memory):
+        """memory [B, S, D] -> keys [B, S, units] = memory W_memory (once per source)."""
         memory = tf.cast(memory, self.compute_dtype)
         return tf.tensordot(memory, tf.cast(self.memory_kernel, memory.dtype), axes=1)
 

@@ -93,6 +93,7 @@ class LSTM(RecurrentLayer):
         return {k: tf.transpose(v, [1, 0, 2]) for k, v in named.items()}
 
     def get_config(self) -> dict:
+        """The layer's arguments, `unit_forget_bias` included, for Keras saving."""
         return {**super().get_config(), "unit_forget_bias": self.unit_forget_bias}
 
 

@@ -64,6 +64,7 @@ class RecurrentLayer(keras.layers.Layer):
         self.supports_masking = True
 
     def build(self, input_shape) -> None:
+        """Creates the input kernel W [D, gates*H], recurrent kernel U [H, gates*H] and bias."""
         size = self.gates * self.units
         self.kernel = self.add_weight(
             name="kernel", shape=(input_shape[-1], size), initializer=self.kernel_initializer)
@@ -79,6 +80,10 @@ class RecurrentLayer(keras.layers.Layer):
         return [tf.zeros([batch_size, self.units], tf.float32) for _ in self.state_names]
 
     def call(self, inputs, initial_state=None, mask=None, training=False, seed=None):
+        """inputs [B, T, D] (optionally initial_state, a list of [B, H], and mask [B, T]) ->
+        (outputs [B, T, H], final states); dropout masks come from `seed` (stateless) when
+        training.
+        """
         x = tf.convert_to_tensor(inputs)
         batch = tf.shape(x)[0]
         states = initial_state if initial_state is not None else self.get_initial_state(batch)
@@ -116,6 +121,7 @@ class RecurrentLayer(keras.layers.Layer):
         """The cell's update from pre-activations z [B, gates*H] -> (output, new states)."""
 
     def compute_mask(self, inputs, mask=None):
+        """The input mask, passed on unchanged (outputs keep the time axis)."""
         return mask
 
     @abc.abstractmethod
@@ -123,6 +129,7 @@ class RecurrentLayer(keras.layers.Layer):
         """The time loop: xw [T, B, gates*H] -> (outputs [T, B, H], final states)."""
 
     def get_config(self) -> dict:
+        """The layer's arguments, for Keras saving."""
         return {
             **super().get_config(),
             "units": self.units,
