@@ -52,7 +52,7 @@ def test_schedule_cli_prints_crontab(capsys):
 
 
 def test_airflow_dag_module_imports_without_airflow():
-    from pipeline import airflow_dag
+    from pipeline.orchestrate import airflow_dag
 
     assert list(airflow_dag.stage_callables("/x/pipeline_config.yaml")) == [
         "preprocess", "train", "report", "evaluate", "export", "promote"]
