@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from trainer.layers.lstm import LSTM
 from trainer.layers.output_layer import output_layer_nll
+from trainer.layers.recurrent_base import dropout_mask
 from trainer.layers.rnn import SimpleRNN
 from trainer.model_parts import OutputAndDropout, Salt, check_precision, uniform_init
 
@@ -41,6 +42,9 @@ class LanguageModel(OutputAndDropout, keras.Model):
         dropout: variational dropout on the embedding output, between layers and before
             the output layer (one mask per sequence).
         recurrent_dropout: variational dropout on each layer's recurrent input.
+        weight_drop: DropConnect on each layer's recurrent kernel (one mask per window).
+        embedding_dropout: drops whole words of the vocabulary from the input embedding
+            (one [V] mask per window, the kept rows scaled by 1 / (1 - rate)).
         tie_embeddings: share the embedding matrix with the output layer; when H != E a
             linear projection H -> E is added before it.
         init_scale: weights start uniform in [-init_scale, init_scale] (Zaremba et al.).
@@ -61,6 +65,8 @@ class LanguageModel(OutputAndDropout, keras.Model):
         tie_embeddings: bool = False,
         init_scale: float = 0.1,
         precision: str = "float32",
+        weight_drop: float = 0.0,
+        embedding_dropout: float = 0.0,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -74,6 +80,8 @@ class LanguageModel(OutputAndDropout, keras.Model):
         self.cell = cell
         self.dropout = dropout
         self.recurrent_dropout = recurrent_dropout
+        self.weight_drop = weight_drop
+        self.embedding_dropout = embedding_dropout
         self.tie_embeddings = tie_embeddings
         self.init_scale = init_scale
         self.precision = precision
@@ -82,8 +90,8 @@ class LanguageModel(OutputAndDropout, keras.Model):
         self.embedding = keras.layers.Embedding(
             vocab_size, embedding_dim, embeddings_initializer=init, dtype=precision, name="embedding")
         self.recurrent = [
-            CELLS[cell](hidden_dim, recurrent_dropout=recurrent_dropout, kernel_initializer=init,
-                        recurrent_initializer=init, dtype=precision, name=f"{cell}_{i}")
+            CELLS[cell](hidden_dim, recurrent_dropout=recurrent_dropout, weight_drop=weight_drop,
+                        kernel_initializer=init, recurrent_initializer=init, dtype=precision, name=f"{cell}_{i}")
             for i in range(num_layers)
         ]
         self.projection = (
@@ -124,7 +132,7 @@ class LanguageModel(OutputAndDropout, keras.Model):
     def call(self, inputs, states=None, training=False, seed=None, mask=None):
         """ids [B, T] -> (logits [B, T, V] float32, new states). `seed` [2] keys dropout;
         `mask` [B, T] marks real positions (padding leaves the state unchanged)."""
-        x, new_states = self._features(inputs, states, training, seed, mask)
+        x, new_states, _ = self._features(inputs, states, training, seed, mask)
         return self._logits(x), new_states
 
     def nll(self, inputs, targets, states=None, training=False, seed=None):
@@ -138,27 +146,55 @@ class LanguageModel(OutputAndDropout, keras.Model):
             >>> nll.shape
             TensorShape([3, 5])
         """
-        x, new_states = self._features(inputs, states, training, seed, None)
+        x, new_states, _ = self._features(inputs, states, training, seed, None)
         nll = output_layer_nll(x, targets, self._output_parts())
         return nll, new_states
 
+    def regularized_nll(self, inputs, targets, states, seed, activation_penalty: float = 0.0,
+                        temporal_penalty: float = 0.0):
+        """Training (dropout on): ids [B, T], targets [B, T] -> (nll [B, T], penalty, new
+        states). penalty, a float32 scalar for the per-token loss: AR, activation_penalty x
+        mean of the last layer's dropped outputs squared, plus TAR, temporal_penalty x mean
+        of (h_t - h_{t-1})^2 over its outputs before dropout (Merity et al. 2017).
+
+        Example:
+            >>> lm = LanguageModel(vocab_size=12, embedding_dim=4, hidden_dim=4)
+            >>> nll, penalty, _ = lm.regularized_nll(tf.zeros([3, 5], tf.int32), tf.ones([3, 5], tf.int32),
+            ...                                      None, tf.constant([1, 2]), 2.0, 1.0)
+            >>> nll.shape, penalty.shape
+            (TensorShape([3, 5]), TensorShape([]))
+        """
+        x, new_states, raw = self._features(inputs, states, True, seed, None)
+        nll = output_layer_nll(x, targets, self._output_parts())
+        penalty = tf.constant(0.0, tf.float32)
+        if activation_penalty:
+            penalty += activation_penalty * tf.reduce_mean(tf.square(tf.cast(x, tf.float32)))
+        if temporal_penalty:
+            raw = tf.cast(raw, tf.float32)
+            penalty += temporal_penalty * tf.reduce_mean(tf.square(raw[:, 1:] - raw[:, :-1]))
+        return nll, penalty, new_states
+
     def _features(self, inputs, states, training, seed, mask):
-        """ids [B, T] -> (last recurrent layer's outputs after dropout [B, T, H], states)."""
+        """ids [B, T] -> (last recurrent layer's outputs after dropout [B, T, H], states,
+        the same outputs before dropout)."""
         ids = tf.convert_to_tensor(inputs)
         batch = tf.shape(ids)[0]
         states = list(states) if states is not None else self.initial_state(batch)
         seed = tf.constant([0, 0], tf.int32) if seed is None else tf.cast(seed, tf.int32)
         x = self.embedding(ids)
+        if training and self.embedding_dropout > 0:  # whole words: one [V] mask for the window
+            words = dropout_mask([self.vocab_size], self.embedding_dropout, seed, Salt.EMBEDDING_WORDS, x.dtype)
+            x = x * tf.gather(words, ids)[..., None]
         x = self._dropout(x, training, seed, Salt.EMBEDDING)
         new_states = []
         n = self.states_per_layer
         for i, layer in enumerate(self.recurrent):
             layer_seed = seed + tf.constant([0, Salt.LM_LAYER * (i + 1)], tf.int32)
-            x, layer_states = layer(x, initial_state=states[i * n:(i + 1) * n], training=training,
-                                    seed=layer_seed, mask=mask)
-            x = self._dropout(x, training, seed, Salt.LAYER_OUTPUT + i)
+            raw, layer_states = layer(x, initial_state=states[i * n:(i + 1) * n], training=training,
+                                      seed=layer_seed, mask=mask)
+            x = self._dropout(raw, training, seed, Salt.LAYER_OUTPUT + i)
             new_states += [tf.cast(s, tf.float32) for s in layer_states]
-        return x, new_states
+        return x, new_states, raw
 
     def step(self, token_ids, states):
         """One token per row: ids [B] -> (logits [B, V], new states). For the decoders:
@@ -233,7 +269,7 @@ class LanguageModel(OutputAndDropout, keras.Model):
             end = tf.minimum(start + window, steps)
             positions = tf.broadcast_to(tf.range(start, end)[None, :], [batch, end - start])
             mask = positions < lengths[:, None]
-            x, states = self._features(ids[:, start:end], states, False, None, mask)
+            x, states, _ = self._features(ids[:, start:end], states, False, None, mask)
             return end, states, read(x, window, positions, carry)
 
         _, states, carry = tf.while_loop(
@@ -253,7 +289,8 @@ class LanguageModel(OutputAndDropout, keras.Model):
             "hidden_dim": self.hidden_dim, "num_layers": self.num_layers, "cell": self.cell,
             "dropout": self.dropout, "recurrent_dropout": self.recurrent_dropout,
             "tie_embeddings": self.tie_embeddings, "init_scale": self.init_scale,
-            "precision": self.precision,
+            "precision": self.precision, "weight_drop": self.weight_drop,
+            "embedding_dropout": self.embedding_dropout,
         }
 
 

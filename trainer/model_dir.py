@@ -38,6 +38,9 @@ METRICS = "metrics.json"
 # The language model's keys of model.* (run keys hash these only, so older keys stay valid).
 LM_MODEL_KEYS = ("cell", "embedding_dim", "hidden_dim", "num_layers", "dropout", "recurrent_dropout",
                  "tie_embeddings")
+# Keys added later: a run key counts them only when they are off their default.
+LATER_MODEL_KEYS = {"weight_drop": 0.0, "embedding_dropout": 0.0}
+LATER_TRAIN_KEYS = {"activation_penalty": 0.0, "temporal_penalty": 0.0, "nonmono": 5}
 
 
 def run_dir_for(config: PipelineConfig, fingerprint: str, start_from: str = "") -> str:
@@ -45,13 +48,22 @@ def run_dir_for(config: PipelineConfig, fingerprint: str, start_from: str = "") 
     and `start_from` (the run key of warm-start weights, if any)."""
     train = config.train.model_dump(exclude={"output_dir", "checkpoint_every", "warm_start"})
     model = config.model.model_dump()
+    later = _set_later_keys(model, LATER_MODEL_KEYS)
     if config.model.kind == "lm":  # the language model's keys only: older run keys stay valid
         model = {k: model[k] for k in LM_MODEL_KEYS}
+    model = {k: v for k, v in model.items() if k not in LATER_MODEL_KEYS} | later
+    train = {k: v for k, v in train.items() if k not in LATER_TRAIN_KEYS} | _set_later_keys(train, LATER_TRAIN_KEYS)
+    if config.train.optimizer != "nt_asgd":
+        train.pop("nonmono", None)
     if config.train.distribute == "none":
         train.pop("distribute")
     body = json.dumps({"data": fingerprint, "model": model, "train": train,
                        "start_from": start_from}, sort_keys=True)
     return os.path.join(config.train.output_dir, hashlib.sha256(body.encode()).hexdigest()[:16])
+
+
+def _set_later_keys(section: dict, defaults: dict) -> dict:
+    return {k: section[k] for k, default in defaults.items() if section[k] != default}
 
 
 def model_config_for(config: PipelineConfig, stats: dict) -> dict:
@@ -64,7 +76,8 @@ def model_config_for(config: PipelineConfig, stats: dict) -> dict:
         "precision": config.train.precision,
     }
     if m.kind == "lm":
-        return {"vocab_size": stats["vocab_size"], **common}
+        return {"vocab_size": stats["vocab_size"], **common, "weight_drop": m.weight_drop,
+                "embedding_dropout": m.embedding_dropout}
     return {
         "kind": "seq2seq", **_pair_vocab_sizes(stats), **common,
         "encoder_layers": m.encoder_layers or m.num_layers, "attention": m.attention,

@@ -31,6 +31,7 @@ class Salt:
     TARGET_EMBEDDING = 200  # seq2seq: on the target embedding
     DECODER_OUTPUT = 201  # + i: seq2seq: on decoder layer i's outputs
     ATTENTIONAL = 300  # seq2seq: on the attentional vector
+    EMBEDDING_WORDS = 400  # the LM's embedding dropout: which words of the vocabulary drop
     # Seeds of the recurrent layers' own (recurrent) dropout, 1000 apart per layer:
     LM_LAYER = 1000  # + 1000 * i
     ENCODER_FORWARD = 10_000  # + 1000 * i

@@ -39,7 +39,7 @@ class Seq2SeqTrainer(Trainer):
         tokens = tf.reduce_sum(tf.cast(weights, tf.float32))
         if replicas > 1:
             tokens = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, tokens)
-        return nll, weights, tf.maximum(tokens, 1.0), []
+        return nll, weights, tf.maximum(tokens, 1.0), [], 0.0
 
     def _epoch_batches(self, train_data: PairSplit, epoch: int, skip: int) -> tf.data.Dataset:
         seed = self.config.seed * 1_000_003 + epoch  # each epoch its own, reproducible order

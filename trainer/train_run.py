@@ -162,7 +162,8 @@ def _start_run(tracker: RunTracker, config: PipelineConfig, kind: TrainingKind, 
     line. -> the run id."""
     run_id = _previous_run_id(run_dir) if resumed else None
     params = {**flatten_config(config), "param_count": model.count_params(), "dataset_dir": dataset_dir}
-    run_id = tracker.start(f"{kind.label(config)}-{os.path.basename(run_dir)}", params, _tags(stats), run_id)
+    tags = _tags(stats) | {"regularizers": regularizers_on(config)}
+    run_id = tracker.start(f"{kind.label(config)}-{os.path.basename(run_dir)}", params, tags, run_id)
     tracker.log_datasets(dataset_dir, stats)
     write_text(os.path.join(run_dir, _RUN_ID_FILE), run_id)
     slow = precision_warning(config.train.precision)
@@ -197,6 +198,23 @@ def _check_dataset_kind(config: PipelineConfig, stats: dict, dataset_dir: str) -
         raise InputDataError(
             f"model.kind={config.model.kind} cannot train on {dataset_dir}, which holds {have}; use "
             + ("model.kind: seq2seq" if pairs else "data.format: pairs | pairs_tsv | pairs_jsonl with model.kind: seq2seq"))
+
+
+def regularizers_on(config: PipelineConfig) -> str:
+    """The regularisers a run trains with, for its MLflow tag `regularizers` ("none" if none).
+
+    Example:
+        >>> regularizers_on(PipelineConfig.model_validate({"model": {"weight_drop": 0.5}}))
+        'dropout=0.3,weight_drop=0.5'
+    """
+    m, t = config.model, config.train
+    on = {"dropout": m.dropout, "recurrent_dropout": m.recurrent_dropout, "weight_drop": m.weight_drop,
+          "embedding_dropout": m.embedding_dropout, "activation_penalty": t.activation_penalty,
+          "temporal_penalty": t.temporal_penalty}
+    names = [f"{k}={v:g}" for k, v in on.items() if v]
+    if t.optimizer == "nt_asgd":
+        names.append(f"nt_asgd(nonmono={t.nonmono})")
+    return ",".join(names) or "none"
 
 
 def _tags(stats: dict) -> dict[str, str]:

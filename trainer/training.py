@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -48,7 +49,8 @@ def learning_rate_for(config: TrainConfig, epoch: int) -> float:
 
 
 def make_optimizer(config: TrainConfig, precision: str = "float32") -> keras.optimizers.Optimizer:
-    """SGD or Adam; wrapped in dynamic loss scaling under mixed_float16."""
+    """SGD or Adam (nt_asgd: SGD, the Trainer keeps the average); wrapped in dynamic loss
+    scaling under mixed_float16."""
     if config.optimizer == "adam":
         optimizer = keras.optimizers.Adam(config.learning_rate)
     else:
@@ -81,6 +83,56 @@ def replica_rows(tensors, replicas: int) -> list[tf.Tensor]:
     return [t[first:first + rows] for t in tensors]
 
 
+def nt_asgd_switch(previous_ppl: list[float], valid_ppl: float, nonmono: int) -> bool:
+    """NT-ASGD's trigger (Merity et al. 2017): this epoch's valid perplexity is worse than
+    the best of the epochs before the last `nonmono` ones.
+
+    Example:
+        >>> nt_asgd_switch([150.0, 120.0, 121.0, 122.0], 123.0, nonmono=2)   # 123 > min(150, 120)
+        True
+        >>> nt_asgd_switch([150.0, 120.0], 119.0, nonmono=1)
+        False
+    """
+    return len(previous_ppl) > nonmono and valid_ppl > min(previous_ppl[:-nonmono])
+
+
+class WeightAverage(tf.Module):
+    """The running average of the trainable weights after each step since `start()` (ASGD's
+    iterate average): n averaged steps so far, avg += (w - avg) / n. Plain variables outside
+    any distribution strategy, so every worker keeps the same copy and a checkpoint holds it.
+
+    Example:
+        >>> average = WeightAverage(model.trainable_variables); average.start()
+        >>> average.update(model.trainable_variables)   # inside the train step, after the update
+    """
+
+    def __init__(self, variables) -> None:
+        super().__init__(name="weight_average")
+        self.values = [tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False) for v in variables]
+        self.steps = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.started = tf.Variable(False, trainable=False)
+
+    @property
+    def active(self) -> bool:
+        """Whether averaging has started (and the average holds at least one step)."""
+        return bool(self.started.numpy()) and int(self.steps.numpy()) > 0
+
+    def start(self) -> None:
+        """The steps from now on are averaged."""
+        self.started.assign(True)
+        self.steps.assign(0)
+
+    def update(self, variables) -> None:
+        """In a step's graph: adds the weights just updated to the average, if started."""
+        def add():
+            n = self.steps.assign_add(1)
+            rate = 1.0 / tf.cast(n, tf.float32)
+            return tf.group([a.assign_add((tf.cast(v, a.dtype) - a) * tf.cast(rate, a.dtype))
+                             for a, v in zip(self.values, variables)])
+
+        tf.cond(self.started, add, tf.no_op)
+
+
 class Trainer:
     """Trains `model` with `config`, checkpointing into `run_dir/checkpoints`."""
 
@@ -107,11 +159,13 @@ class Trainer:
         self._tokens = tf.Variable(0, dtype=tf.int64, trainable=False)
         self._tokens_seen = tf.Variable(0, dtype=tf.int64, trainable=False)  # all epochs
         self._history = tf.Variable("[]", dtype=tf.string, trainable=False)
+        self._averages = None if config.optimizer != "nt_asgd" else WeightAverage(model.trainable_variables)
+        averaging = {} if self._averages is None else {"weight_average": self._averages}
         self._checkpoint = tf.train.Checkpoint(
             model=model, optimizer=self.optimizer, carried=self._carried, epoch=self._epoch,
             step=self._step, global_step=self._global_step, nll=self._nll, tokens=self._tokens,
             tokens_seen=self._tokens_seen,
-            history=self._history)
+            history=self._history, **averaging)
         self.checkpoint_dir = os.path.join(run_dir, "checkpoints")
         # Only the chief's checkpoints are kept; the other workers write theirs (saving may
         # take part in collectives) to a private folder that is deleted right after.
@@ -137,11 +191,16 @@ class Trainer:
 
     def _replica_loss(self, batch, states, seed, replicas):
         """One replica's share of the global batch -> (nll [..], weights [..] or None,
-        normalizer, new states); the loss is sum(nll * weights) / normalizer."""
+        normalizer, new states, penalty); the loss is sum(nll * weights) / normalizer +
+        penalty (a scalar: this replica's share of the regularisers)."""
         x, y, *states = replica_rows([*batch, *states], replicas)
-        nll, new_states = self.model.nll(x, y, states, training=True, seed=seed)
-        # Zaremba et al.: summed over the window, averaged over the (global) batch.
-        return nll, None, tf.cast(tf.shape(x)[0] * replicas, nll.dtype), new_states
+        cfg = self.config
+        nll, penalty, new_states = self.model.regularized_nll(
+            x, y, states, seed, cfg.activation_penalty, cfg.temporal_penalty)
+        # Zaremba et al.: summed over the window, averaged over the (global) batch. AR and
+        # TAR are per-token means, so they join that loss x the window's length.
+        penalty = penalty * tf.cast(tf.shape(x)[1], tf.float32) / replicas
+        return nll, None, tf.cast(tf.shape(x)[0] * replicas, nll.dtype), new_states, penalty
 
     def _epoch_batches(self, train_data, epoch: int, skip: int) -> tf.data.Dataset:
         return bptt_dataset(train_data, self.global_batch, self.config.bptt, skip=skip)
@@ -185,10 +244,10 @@ class Trainer:
             ctx = tf.distribute.get_replica_context()
             seed = seed + tf.stack([0, 7919 * tf.cast(ctx.replica_id_in_sync_group, tf.int32)])
             with tf.GradientTape() as tape:
-                nll, weights, normalizer, new_states = self._replica_loss(batch, states, seed, replicas)
+                nll, weights, normalizer, new_states, penalty = self._replica_loss(batch, states, seed, replicas)
                 if weights is not None:
                     nll = nll * tf.cast(weights, nll.dtype)
-                loss = tf.reduce_sum(nll) / tf.cast(normalizer, nll.dtype)
+                loss = tf.reduce_sum(nll) / tf.cast(normalizer, nll.dtype) + tf.cast(penalty, nll.dtype)
                 if loss_scaled:
                     loss = optimizer.scale_loss(loss)
             # Dense gradients: Keras' Adam squares the rows of sparse (IndexedSlices)
@@ -209,6 +268,8 @@ class Trainer:
                 new_states = [ctx.all_gather(s, axis=0) for s in new_states]
             return sums, new_states
 
+        averages = self._averages
+
         @tf.function(reduce_retracing=True)
         def train_step(*args):
             *batch, states, seed = args
@@ -216,6 +277,8 @@ class Trainer:
             local = strategy.experimental_local_results
             sums = local(sums)[0]
             new_states = [local(s)[0] for s in new_states]
+            if averages is not None:
+                averages.update(model.trainable_variables)  # once averaging has started
             return sums[0], tf.cast(sums[1], tf.int64), new_states
 
         return train_step
@@ -273,10 +336,13 @@ class Trainer:
 
     def _end_epoch(self, epoch: int, lr: float, seen: int, seconds: float, valid_stream) -> dict:
         train_loss = float(self._nll.numpy()) / max(int(self._tokens.numpy()), 1)
-        valid = self.evaluate(valid_stream)
         history = self.history
         best = min([h["valid_ppl"] for h in history], default=math.inf)
-        improved = valid.perplexity < best * (1 - MIN_IMPROVEMENT)
+        with self.evaluation_weights():  # nt_asgd: the average, once averaging has started
+            valid = self.evaluate(valid_stream)
+            improved = valid.perplexity < best * (1 - MIN_IMPROVEMENT)
+            if improved:
+                self._save_best()
         record = {
             "epoch": epoch + 1, "train_loss": train_loss, "train_ppl": math.exp(train_loss),
             "valid_loss": valid.loss, "valid_ppl": valid.perplexity, "learning_rate": lr,
@@ -284,8 +350,15 @@ class Trainer:
             "tokens_seen": int(self._tokens_seen.numpy()),
             "improved": improved,
         }
-        if record["improved"]:
-            self._save_best()
+        if self._averages is not None:
+            record["averaged"] = float(self._averages.active)
+            if not self._averages.active and nt_asgd_switch([h["valid_ppl"] for h in history],
+                                                            valid.perplexity, self.config.nonmono):
+                self._averages.start()  # the next epoch's steps are averaged
+                if self.verbose:
+                    print(f"epoch {epoch + 1}: valid ppl {valid.perplexity:.2f} is worse than the best of "
+                          f"{self.config.nonmono} epochs before; averaging the weights from now on (NT-ASGD)",
+                          flush=True)
         self._history.assign(json.dumps(history + [record]))
         self._epoch.assign_add(1)
         self._step.assign(0)
@@ -307,6 +380,22 @@ class Trainer:
     def evaluate(self, stream: np.ndarray):
         """Perplexity of `stream` with the trainer's compiled evaluation step."""
         return evaluate(self.model, stream, eval_step=self._eval_step)
+
+    @contextlib.contextmanager
+    def evaluation_weights(self):
+        """Inside, the model holds the weights to evaluate and keep: under nt_asgd once
+        averaging has started, the average; else (and after) the trained weights."""
+        if self._averages is None or not self._averages.active:
+            yield
+            return
+        trained = [v.numpy() for v in self.model.trainable_variables]
+        for v, a in zip(self.model.trainable_variables, self._averages.values):
+            v.assign(a)
+        try:
+            yield
+        finally:
+            for v, w in zip(self.model.trainable_variables, trained):
+                v.assign(w)
 
     def best_weights_path(self) -> str:
         """`<run_dir>/best.weights.h5`: the weights of the best valid perplexity so far."""

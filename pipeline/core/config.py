@@ -201,6 +201,11 @@ class ModelConfig(_Section):
     num_layers: int = Field(2, ge=1)
     dropout: float = Field(0.3, ge=0.0, lt=1.0)
     recurrent_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    # lm: DropConnect on each layer's recurrent kernel U (one mask per batch window,
+    # stateless and seeded; decoding and the export use U unmasked; Merity et al. 2017)
+    weight_drop: float = Field(0.0, ge=0.0, lt=1.0)
+    # lm: drops whole words of the vocabulary from the input embedding, scaled (Gal & Ghahramani)
+    embedding_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     tie_embeddings: bool = True  # seq2seq: the target embedding and the output layer
     # lm: a language model over one text stream; seq2seq: an LSTM encoder-decoder with
     # attention over pairs of texts (num_layers then counts the decoder's layers). The
@@ -233,11 +238,19 @@ class TrainConfig(_Section):
     batch_size: int = Field(20, ge=1)
     bptt: int = Field(35, ge=1)
     epochs: int = Field(8, ge=1)
-    optimizer: Literal["sgd", "adam"] = "sgd"
+    # nt_asgd: SGD, switched to averaged SGD when valid perplexity has not improved on the
+    # best of `nonmono` epochs before (Merity et al. 2017); evaluation, the model folder
+    # and the export use the averaged weights
+    optimizer: Literal["sgd", "adam", "nt_asgd"] = "sgd"
+    nonmono: int = Field(5, ge=1)
     learning_rate: float = Field(1.0, gt=0.0)
     lr_decay: float = Field(0.5, gt=0.0, le=1.0)
     lr_decay_start_epoch: int = Field(5, ge=1)  # first (1-based) epoch with decay
     clip_norm: float = Field(5.0, gt=0.0)
+    # AR and TAR (Merity et al. 2017) on the last layer's outputs, added to the per-token
+    # loss: activation_penalty * mean(dropped h^2) + temporal_penalty * mean((h_t - h_{t-1})^2)
+    activation_penalty: float = Field(0.0, ge=0.0)
+    temporal_penalty: float = Field(0.0, ge=0.0)
     init_scale: float = Field(0.1, gt=0.0)
     checkpoint_every: int = Field(0, ge=0)  # steps; 0: only at epoch ends
     early_stopping_patience: int = Field(0, ge=0)  # epochs; 0: off
@@ -352,4 +365,11 @@ class PipelineConfig(_Section):
         if self.model.kind == "seq2seq" and not self.data.format.startswith("pairs"):
             raise ValueError(f"model.kind seq2seq learns from pairs of texts; set data.format to pairs, "
                              f"pairs_tsv or pairs_jsonl (it is {self.data.format})")
+        lm_only = {"model.weight_drop": self.model.weight_drop, "model.embedding_dropout": self.model.embedding_dropout,
+                   "train.activation_penalty": self.train.activation_penalty,
+                   "train.temporal_penalty": self.train.temporal_penalty}
+        set_keys = [k for k, v in lm_only.items() if v]
+        if self.model.kind == "seq2seq" and set_keys:
+            raise ValueError(f"{', '.join(set_keys)} apply to language models (model.kind lm) only; "
+                             "set them to 0 for model.kind seq2seq")
         return self

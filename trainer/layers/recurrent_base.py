@@ -14,6 +14,9 @@ import keras
 import tensorflow as tf
 
 
+WEIGHT_DROP_SALT = 3  # the layer's masks: 1 inputs, 2 recurrent input, 3 recurrent kernel
+
+
 def masked_time_major(mask_tm, steps):
     """TensorArray of [B, 1] bool masks per step, or None when there is no mask."""
     if mask_tm is None:
@@ -38,6 +41,9 @@ class RecurrentLayer(keras.layers.Layer):
         units: hidden size H.
         dropout: variational dropout on the inputs (the same mask at every step).
         recurrent_dropout: variational dropout on the recurrent input h.
+        weight_drop: DropConnect on the recurrent kernel U [H, gates*H] when training: one
+            inverted-dropout mask per call (a batch window), from the seed; `step` (the
+            decoders, the export) uses U itself, its expectation.
         kernel_initializer, recurrent_initializer, bias_initializer: Keras initializers.
     """
 
@@ -49,6 +55,7 @@ class RecurrentLayer(keras.layers.Layer):
         units: int,
         dropout: float = 0.0,
         recurrent_dropout: float = 0.0,
+        weight_drop: float = 0.0,
         kernel_initializer="glorot_uniform",
         recurrent_initializer="orthogonal",
         bias_initializer="zeros",
@@ -58,6 +65,7 @@ class RecurrentLayer(keras.layers.Layer):
         self.units = units
         self.dropout = dropout
         self.recurrent_dropout = recurrent_dropout
+        self.weight_drop = weight_drop
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.recurrent_initializer = keras.initializers.get(recurrent_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
@@ -101,6 +109,8 @@ class RecurrentLayer(keras.layers.Layer):
         xw = tf.tensordot(x, kernel, axes=1) + tf.cast(self.bias, x.dtype)  # one big matmul
         mask_tm = None if mask is None else tf.transpose(tf.cast(mask, tf.bool), [1, 0])
         u = tf.cast(tf.convert_to_tensor(self.recurrent_kernel), x.dtype)
+        if training and self.weight_drop > 0:
+            u = u * dropout_mask(tf.shape(u), self.weight_drop, seed, WEIGHT_DROP_SALT, u.dtype)
         outputs, final = self._run(xw, states, mask_tm, u, rec_mask)
         if mask_tm is not None:  # padded positions output zeros (their state is carried)
             outputs = tf.where(mask_tm[:, :, None], outputs, tf.zeros_like(outputs))
@@ -135,6 +145,7 @@ class RecurrentLayer(keras.layers.Layer):
             "units": self.units,
             "dropout": self.dropout,
             "recurrent_dropout": self.recurrent_dropout,
+            "weight_drop": self.weight_drop,
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
             "recurrent_initializer": keras.initializers.serialize(self.recurrent_initializer),
             "bias_initializer": keras.initializers.serialize(self.bias_initializer),
