@@ -28,6 +28,9 @@ setup(
         "matplotlib>=3.8,<4",
         "sacrebleu>=2.4,<3",
     ],
-    extras_require={"test": ["pytest>=8,<10", "scipy>=1.11,<2", "import-linter>=2.1,<3"]},  # scipy: the decoders' chi-square tests; import-linter: the floors
+    extras_require={
+        "test": ["pytest>=8,<10", "scipy>=1.11,<2", "import-linter>=2.1,<3"],  # scipy: chi-square tests; import-linter: the floors
+        "bench": ["torch>=2.4,<3"],  # bench/lstm_speed.py's PyTorch peer only
+    },
     entry_points={"console_scripts": ["lmpipe=pipeline.orchestrate.cli:main"]},
 )

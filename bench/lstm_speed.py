@@ -5,13 +5,20 @@ full training step (forward, backward, clipping, SGD update, 10k-way softmax) is
   keras     the LanguageModel with keras.layers.LSTM in place of ours (the baseline)
   ours      our LSTM layer, float32
   ours-bf16 our LSTM layer with train.precision=mixed_bfloat16
+  torch     PyTorch's nn.LSTM (oneDNN on CPU) in the same model and step: embedding, 2-layer
+            LSTM, 10k linear + cross-entropy (summed over the window, averaged over the
+            batch), backward, clip_grad_norm_ 5, SGD; when torch is installed (`pip install
+            torch`: a peer for this bench only, never a dependency of lmpipe)
 and the tokens/s of each, its ratio to the baseline of the same run, and the fraction of
 this machine's matmul rate (measured here, 2048^3, float32 and bfloat16) that it reaches;
 the floor (the step's matmul FLOPs at that rate) is printed per shape. Also the recurrent
 layer alone (forward + backward of one layer, [20, 35, H] in, the rest of the model left
 out) and the latency of one `step` (one token) at batch 1.
 
-Usage: python bench/lstm_speed.py [--shapes small medium] [--steps 20]
+The CPU's model and its bfloat16 flags (avx512_bf16, amx_bf16) are printed first: the
+figures differ from machine to machine.
+
+Usage: python bench/lstm_speed.py [--shapes small medium] [--steps 20] [--kinds keras ours torch]
 """
 
 from __future__ import annotations
@@ -80,6 +87,68 @@ def matmul_rate(dtype) -> float:
     return 2 * 2048 ** 3 * 5 / (time.perf_counter() - start)
 
 
+def cpu_description() -> str:
+    """The CPU's model name and which bfloat16 instructions it has (from /proc/cpuinfo)."""
+    try:
+        info = open("/proc/cpuinfo").read()
+    except OSError:
+        return "unknown CPU"
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                 "unknown CPU")
+    flags = next((set(line.split(":", 1)[1].split()) for line in info.splitlines() if line.startswith("flags")), set())
+    bf16 = [f for f in ("avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
+    return f"{model}, {os.cpu_count()} cores, bfloat16: {', '.join(bf16) or 'none (emulated)'}"
+
+
+def torch_training_rate(hidden: int, steps: int) -> float:
+    """Training tokens/s of the same model and step in PyTorch (nn.LSTM), after 3 warm-up steps."""
+    import torch
+
+    torch.manual_seed(0)
+    torch.set_num_threads(os.cpu_count())
+
+    class TorchLM(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embedding = torch.nn.Embedding(VOCAB, hidden)
+            self.lstm = torch.nn.LSTM(hidden, hidden, num_layers=2, batch_first=True)
+            self.output = torch.nn.Linear(hidden, VOCAB)
+
+        def forward(self, x, state):
+            out, state = self.lstm(self.embedding(x), state)
+            return self.output(out), state
+
+    model = TorchLM()
+    for p in model.parameters():
+        torch.nn.init.uniform_(p, -0.1, 0.1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    x = torch.from_numpy(np.random.default_rng(0).integers(0, VOCAB, (BATCH, BPTT)))
+    state = (torch.zeros(2, BATCH, hidden), torch.zeros(2, BATCH, hidden))
+
+    def step(state):
+        state = tuple(s.detach() for s in state)
+        logits, state = model(x, state)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), x.reshape(-1), reduction="sum") / BATCH
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        optimizer.step()
+        return state
+
+    for _ in range(3):
+        state = step(state)
+    start = time.perf_counter()
+    for _ in range(steps):
+        state = step(state)
+    return BATCH * BPTT * steps / (time.perf_counter() - start)
+
+
+def torch_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
+
+
 def train_flops_per_token(hidden: int) -> float:
     """Forward FLOPs x 3 (backward is twice the forward): 2 LSTM layers and the softmax."""
     lstm = 2 * 2 * (hidden * 4 * hidden + hidden * 4 * hidden)
@@ -142,9 +211,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--kinds", nargs="+", default=["keras", "ours", "ours-bf16"])
+    parser.add_argument("--kinds", nargs="+", default=["keras", "ours", "ours-bf16", "torch"],
+                        choices=["keras", "ours", "ours-bf16", "torch"])
     args = parser.parse_args()
     import tempfile
+
+    print(f"CPU: {cpu_description()}")
+    if "torch" in args.kinds and not torch_available():
+        print("torch: not installed, its row is skipped (pip install torch to measure the peer)")
+        args.kinds = [k for k in args.kinds if k != "torch"]
+    elif "torch" in args.kinds:
+        import torch
+
+        print(f"torch {torch.__version__}, oneDNN (mkldnn) {torch.backends.mkldnn.is_available()}")
 
     peak = {"float32": matmul_rate(tf.float32), "bfloat16": matmul_rate(tf.bfloat16)}
     print(f"matmul 2048^3 on this machine: float32 {peak['float32'] / 1e9:,.0f} GFLOP/s, "
@@ -157,13 +236,21 @@ def main() -> None:
         print(f"{shape}: floor {floor * 1e3:.0f} ms/step = {BATCH * BPTT / floor:,.0f} tok/s "
               f"(matmul FLOPs of the step at the float32 rate)")
         base = base_layer = None
+        rates = {}
         for kind in args.kinds:
+            if kind == "torch":
+                rates[kind] = rate = torch_training_rate(hidden, args.steps)
+                ratio = f"{rate / base:.2f}x" if base else "-"
+                print(f"{shape:7s} {kind:10s} {rate:>12,.0f} {ratio:>9s} {rate * train_flops_per_token(hidden) / 1e9:>8.0f} "
+                      f"{rate * train_flops_per_token(hidden) / peak['float32']:>8.1%}", flush=True)
+                continue
             keras.utils.set_random_seed(0)
             model = build(hidden, kind)
             with tempfile.TemporaryDirectory() as tmp:
                 rate = time_training(model, args.steps, tmp)
             layer = layer_time(model.recurrent[1], hidden)
             latency = step_latency(model)
+            rates[kind] = rate
             base = rate if kind == "keras" else base
             base_layer = layer if kind == "keras" else base_layer
             flops = rate * train_flops_per_token(hidden)
@@ -173,6 +260,8 @@ def main() -> None:
             print(f"{shape:7s} {kind:10s} {rate:>12,.0f} {ratio:>9s} {flops / 1e9:>8.0f} "
                   f"{flops / peak[dtype]:>8.1%} {layer * 1e3:>9.1f} {layer_ratio:>9s} "
                   f"{latency * 1e3:>8.2f}ms", flush=True)
+        if "torch" in rates and "ours" in rates:
+            print(f"{shape}: ours float32 / PyTorch nn.LSTM = {rates['ours'] / rates['torch']:.2f}x", flush=True)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,10 @@ Presets (2 layers of 200 units, batch 20, bptt 35, SGD lr 1, clip 5, init 0.1):
                (measured: float32 116.90 / 113.16, mixed_bfloat16 116.15 / 113.32)
   small-tied   tied embeddings and variational dropout 0.4, 18 epochs, lr x0.8 from epoch 10:
                target below 100 (measured: valid 102.74, test 98.63)
+  small-awd    the same 2x200 tied model (2.65M parameters) with AWD-LSTM's regularisers
+               (Merity et al. 2017): weight drop 0.5 on U, embedding dropout 0.1, dropout
+               0.4, AR 2 / TAR 1, NT-ASGD (nonmono 5) at a constant lr 1, batch 40, 60
+               epochs: target below 85 test in at most 90 minutes on 2 cores
 
 Usage: python bench/ptb.py [--preset small] [--epochs N] [--precision float32|mixed_bfloat16]
 """
@@ -36,6 +40,10 @@ PRESETS = {
               "train.lr_decay=0.5", "train.lr_decay_start_epoch=5"],
     "small-tied": ["model.dropout=0.4", "model.tie_embeddings=true", "train.epochs=18",
                    "train.lr_decay=0.8", "train.lr_decay_start_epoch=10"],
+    "small-awd": ["model.dropout=0.4", "model.tie_embeddings=true", "model.weight_drop=0.5",
+                  "model.embedding_dropout=0.1", "train.activation_penalty=2", "train.temporal_penalty=1",
+                  "train.optimizer=nt_asgd", "train.nonmono=5", "train.lr_decay=1.0", "train.batch_size=40",
+                  "train.epochs=60"],
 }
 
 

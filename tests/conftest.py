@@ -168,6 +168,18 @@ def run_args(root, *extra):
             "--set", "run.reports=false", *extra]
 
 
+def counting_streams(train_repeats: int = 200, valid_repeats: int = 30):
+    """A learnable int32 stream for tiny LMs: 4..9 counting up and wrapping (6 tokens a
+    repeat), 10% of the train tokens replaced by noise from 4..11 -> (train, valid)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    base = np.tile(np.arange(4, 10), train_repeats)
+    noise = rng.random(base.size) < 0.1
+    train = np.where(noise, rng.integers(4, 12, base.size), base).astype(np.int32)
+    return train, np.tile(np.arange(4, 10), valid_repeats).astype(np.int32)
+
+
 def die_at_call(trainer, call):
     """Makes `trainer`'s compiled step raise KeyboardInterrupt at its `call`-th call (a kill)."""
     real_step, calls = trainer._train_step, []

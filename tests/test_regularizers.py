@@ -20,7 +20,7 @@ from trainer.model_dir import model_config_for, run_dir_for
 from trainer.model_parts import Salt
 from trainer.training import Trainer, WeightAverage, nt_asgd_switch
 
-from conftest import die_at_call
+from conftest import counting_streams, die_at_call
 
 SEED = tf.constant([3, 9], tf.int32)
 TINY = {"vocab_size": 12, "embedding_dim": 6, "hidden_dim": 5, "num_layers": 2, "dropout": 0.0}
@@ -144,14 +144,6 @@ def test_nt_asgd_switch_rule():
     assert nt_asgd_switch([150.0, 120.0, 130.0], 125.0, nonmono=1)
 
 
-def _streams():
-    rng = np.random.default_rng(0)
-    base = np.tile(np.arange(4, 10), 100)
-    noise = rng.random(base.size) < 0.1
-    train = np.where(noise, rng.integers(4, 12, base.size), base).astype(np.int32)
-    return train, np.tile(np.arange(4, 10), 20).astype(np.int32)
-
-
 ASGD = dict(batch_size=4, bptt=8, optimizer="nt_asgd", nonmono=1, learning_rate=0.5, lr_decay=1.0,
             checkpoint_every=5)
 
@@ -159,7 +151,7 @@ ASGD = dict(batch_size=4, bptt=8, optimizer="nt_asgd", nonmono=1, learning_rate=
 def test_nt_asgd_averages_the_sgd_iterates_and_keeps_the_average(tmp_path, monkeypatch):
     """Averaging starts after epoch 1 (the trigger forced): the average is the mean of the
     plain SGD iterates of epoch 2, and the kept weights (best) are that average."""
-    train, valid = _streams()
+    train, valid = counting_streams(100, 20)
     monkeypatch.setattr(training, "nt_asgd_switch", lambda *args: True)
     asgd = Trainer(_lm(dropout=0.2), TrainConfig(epochs=2, **ASGD), str(tmp_path / "asgd"), verbose=False)
     history = asgd.fit(train, valid)
@@ -193,7 +185,7 @@ def test_nt_asgd_averages_the_sgd_iterates_and_keeps_the_average(tmp_path, monke
 
 
 def test_nt_asgd_resume_restores_the_average_exactly(tmp_path, monkeypatch):
-    train, valid = _streams()
+    train, valid = counting_streams(100, 20)
     monkeypatch.setattr(training, "nt_asgd_switch", lambda *args: True)
     cfg = TrainConfig(epochs=3, **ASGD)
     full = Trainer(_lm(dropout=0.2), cfg, str(tmp_path / "full"), verbose=False)

@@ -1,7 +1,6 @@
 """The training loop: it learns, follows the LR schedule, and resumes exactly."""
 
 import keras
-import numpy as np
 import pytest
 
 from pipeline.core.config import TrainConfig
@@ -9,18 +8,9 @@ from trainer.evaluation import evaluate
 from trainer.language_model import build_language_model
 from trainer.training import Trainer, learning_rate_for
 
-from conftest import die_at_call
+from conftest import counting_streams, die_at_call
 
 MODEL = {"vocab_size": 12, "embedding_dim": 8, "hidden_dim": 8, "num_layers": 1, "dropout": 0.2}
-
-
-def _streams():
-    rng = np.random.default_rng(0)
-    # A learnable pattern: 4..9 count up and wrap, with some noise tokens.
-    base = np.tile(np.arange(4, 10), 200)
-    noise = rng.random(base.size) < 0.1
-    train = np.where(noise, rng.integers(4, 12, base.size), base).astype(np.int32)
-    return train, np.tile(np.arange(4, 10), 30).astype(np.int32)
 
 
 def _model(seed=0):
@@ -34,7 +24,7 @@ def test_zaremba_learning_rate_schedule():
 
 
 def test_training_learns_the_pattern(tmp_path):
-    train, valid = _streams()
+    train, valid = counting_streams()
     model = _model()
     before = evaluate(model, valid).perplexity
     cfg = TrainConfig(batch_size=4, bptt=8, epochs=3, optimizer="adam", learning_rate=0.02)
@@ -46,7 +36,7 @@ def test_training_learns_the_pattern(tmp_path):
 
 
 def test_resume_mid_epoch_matches_uninterrupted_run(tmp_path):
-    train, valid = _streams()
+    train, valid = counting_streams()
     cfg = TrainConfig(batch_size=4, bptt=8, epochs=2, optimizer="sgd", learning_rate=1.0,
                       lr_decay_start_epoch=2, checkpoint_every=10)
     full = Trainer(_model(), cfg, str(tmp_path / "full"), verbose=False).fit(train, valid)
@@ -64,7 +54,7 @@ def test_resume_mid_epoch_matches_uninterrupted_run(tmp_path):
 
 
 def test_early_stopping(tmp_path):
-    train, valid = _streams()
+    train, valid = counting_streams()
     cfg = TrainConfig(batch_size=4, bptt=8, epochs=8, optimizer="sgd", learning_rate=1e-6,
                       early_stopping_patience=1)
     history = Trainer(_model(), cfg, str(tmp_path), verbose=False).fit(train, valid)

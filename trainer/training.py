@@ -7,7 +7,8 @@ history of finished epochs. Dropout masks are stateless functions of (seed, glob
 so a resumed run replays the same masks, batches and updates as an uninterrupted one.
 
 The step is a plain function of (x, y, states, seed) that returns new states, so it runs
-under `strategy.run` unchanged (Keras `fit` is not used: see DESIGN.md).
+under `strategy.run` unchanged (Keras `fit` is not used: it cannot carry the recurrent
+state across batches as an input and output of the step, nor resume mid-epoch exactly).
 
 Example:
     >>> trainer = Trainer(model, config.train, run_dir="work/train/abc")
