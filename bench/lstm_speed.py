@@ -8,7 +8,8 @@ full training step (forward, backward, clipping, SGD update, 10k-way softmax) is
   torch     PyTorch's nn.LSTM (oneDNN on CPU) in the same model and step: embedding, 2-layer
             LSTM, 10k linear + cross-entropy (summed over the window, averaged over the
             batch), backward, clip_grad_norm_ 5, SGD; when torch is installed (`pip install
-            torch`: a peer for this bench only, never a dependency of lmpipe)
+            torch`: a peer for this bench only, never a dependency of lmpipe), in a child
+            process (bench/torch_lstm_peer.py: torch and TensorFlow in one process crash)
 and the tokens/s of each, its ratio to the baseline of the same run, and the fraction of
 this machine's matmul rate (measured here, 2048^3, float32 and bfloat16) that it reaches;
 the floor (the step's matmul FLOPs at that rate) is printed per shape. Also the recurrent
@@ -100,47 +101,18 @@ def cpu_description() -> str:
     return f"{model}, {os.cpu_count()} cores, bfloat16: {', '.join(bf16) or 'none (emulated)'}"
 
 
-def torch_training_rate(hidden: int, steps: int) -> float:
-    """Training tokens/s of the same model and step in PyTorch (nn.LSTM), after 3 warm-up steps."""
-    import torch
+def torch_training_rate(hidden: int, steps: int) -> tuple[float, str]:
+    """Training tokens/s of the same model and step in PyTorch (nn.LSTM), measured by
+    bench/torch_lstm_peer.py in a process of its own; -> (tokens/s, torch's version)."""
+    import json
+    import subprocess
+    import sys
 
-    torch.manual_seed(0)
-    torch.set_num_threads(os.cpu_count())
-
-    class TorchLM(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.embedding = torch.nn.Embedding(VOCAB, hidden)
-            self.lstm = torch.nn.LSTM(hidden, hidden, num_layers=2, batch_first=True)
-            self.output = torch.nn.Linear(hidden, VOCAB)
-
-        def forward(self, x, state):
-            out, state = self.lstm(self.embedding(x), state)
-            return self.output(out), state
-
-    model = TorchLM()
-    for p in model.parameters():
-        torch.nn.init.uniform_(p, -0.1, 0.1)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-    x = torch.from_numpy(np.random.default_rng(0).integers(0, VOCAB, (BATCH, BPTT)))
-    state = (torch.zeros(2, BATCH, hidden), torch.zeros(2, BATCH, hidden))
-
-    def step(state):
-        state = tuple(s.detach() for s in state)
-        logits, state = model(x, state)
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), x.reshape(-1), reduction="sum") / BATCH
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        optimizer.step()
-        return state
-
-    for _ in range(3):
-        state = step(state)
-    start = time.perf_counter()
-    for _ in range(steps):
-        state = step(state)
-    return BATCH * BPTT * steps / (time.perf_counter() - start)
+    out = subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_lstm_peer.py"),
+                          "--hidden", str(hidden), "--steps", str(steps), "--vocab", str(VOCAB),
+                          "--batch", str(BATCH), "--bptt", str(BPTT)], capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return result["tokens_per_s"], f"{result['torch']} (oneDNN {result['mkldnn']})"
 
 
 def torch_available() -> bool:
@@ -220,10 +192,6 @@ def main() -> None:
     if "torch" in args.kinds and not torch_available():
         print("torch: not installed, its row is skipped (pip install torch to measure the peer)")
         args.kinds = [k for k in args.kinds if k != "torch"]
-    elif "torch" in args.kinds:
-        import torch
-
-        print(f"torch {torch.__version__}, oneDNN (mkldnn) {torch.backends.mkldnn.is_available()}")
 
     peak = {"float32": matmul_rate(tf.float32), "bfloat16": matmul_rate(tf.bfloat16)}
     print(f"matmul 2048^3 on this machine: float32 {peak['float32'] / 1e9:,.0f} GFLOP/s, "
@@ -239,10 +207,11 @@ def main() -> None:
         rates = {}
         for kind in args.kinds:
             if kind == "torch":
-                rates[kind] = rate = torch_training_rate(hidden, args.steps)
+                rate, version = torch_training_rate(hidden, args.steps)
+                rates[kind] = rate
                 ratio = f"{rate / base:.2f}x" if base else "-"
                 print(f"{shape:7s} {kind:10s} {rate:>12,.0f} {ratio:>9s} {rate * train_flops_per_token(hidden) / 1e9:>8.0f} "
-                      f"{rate * train_flops_per_token(hidden) / peak['float32']:>8.1%}", flush=True)
+                      f"{rate * train_flops_per_token(hidden) / peak['float32']:>8.1%}   torch {version}", flush=True)
                 continue
             keras.utils.set_random_seed(0)
             model = build(hidden, kind)
