@@ -1,7 +1,7 @@
 """A character-level LSTM LM on Tiny Shakespeare through lmpipe itself, on nanoGPT's split.
 
 `../shared/corpora/tinyshakespeare/input.txt` is cut as nanoGPT cuts it: the first 90% of
-its characters train (1,003,854), the last 10% validate (111,540; the same file is the test
+its characters train (1,003,854), the last 10% validate (111,540; a copy of it is the test
 split, which nanoGPT does not have). lmpipe preprocesses both (`tokenizer.kind: char`, case
 kept, empty lines kept, <eos> standing for each newline), so the validation stream holds one
 token per character, newlines included, and its loss in nats per token is nanoGPT's loss
@@ -35,18 +35,18 @@ CORPUS = os.path.join(HERE, "..", "..", "shared", "corpora", "tinyshakespeare", 
 DECODERS = ("greedy", "beam_search", "sample", "top_k", "top_p")
 
 
-def split_like_nanogpt(path: str, out_dir: str) -> tuple[str, str, int]:
-    """train.txt = the first 90% of the characters, valid.txt = the rest -> their paths and
-    the number of validation characters."""
+def split_like_nanogpt(path: str, out_dir: str) -> tuple[list[str], int]:
+    """train.txt = the first 90% of the characters, valid.txt = the rest, test.txt a copy of
+    valid.txt (a file feeds one split) -> their paths and the number of validation characters."""
     text = open(path, encoding="utf-8").read()
     cut = int(len(text) * 0.9)
     os.makedirs(out_dir, exist_ok=True)
     paths = []
-    for name, part in (("train.txt", text[:cut]), ("valid.txt", text[cut:])):
+    for name, part in (("train.txt", text[:cut]), ("valid.txt", text[cut:]), ("test.txt", text[cut:])):
         paths.append(os.path.join(out_dir, name))
         with open(paths[-1], "w", encoding="utf-8") as f:
             f.write(part)
-    return paths[0], paths[1], len(text) - cut
+    return paths, len(text) - cut
 
 
 def main() -> None:
@@ -71,9 +71,9 @@ def main() -> None:
     from trainer.train_run import train_model
 
     work = args.work or tempfile.mkdtemp(prefix="charlm-bench-")
-    train_file, valid_file, valid_chars = split_like_nanogpt(CORPUS, os.path.join(work, "corpus"))
+    (train_file, valid_file, test_file), valid_chars = split_like_nanogpt(CORPUS, os.path.join(work, "corpus"))
     overrides = [
-        f"data.train={train_file}", f"data.valid={valid_file}", f"data.test={valid_file}", "data.format=text",
+        f"data.train={train_file}", f"data.valid={valid_file}", f"data.test={test_file}", "data.format=text",
         "tokenizer.kind=char", "tokenizer.lowercase=false", "tokenizer.add_eos=true", "tokenizer.min_count=1",
         "preprocess.drop_empty_lines=false",
         f"model.embedding_dim={args.embedding}", f"model.hidden_dim={args.hidden}", f"model.num_layers={args.layers}",
