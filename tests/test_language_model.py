@@ -71,14 +71,15 @@ def test_mixed_bfloat16_keeps_float32_state_and_loss_and_trains(tmp_path):
 
 @pytest.mark.parametrize("chunk_tokens", [1, 4, 9, 2048])
 def test_prime_and_token_nll_read_in_windows_exactly(chunk_tokens):
-    """prime computes only the last position's logits and token_nll never [B, T, V]:
-    window by window, with the state carried, both equal the whole-sequence call."""
+    """prime computes only the last position's logits (one loop of every layer's step)
+    and token_nll never [B, T, V] (window by window, the state carried): both equal the
+    whole-sequence call."""
     lm = build_language_model(dict(vocab_size=30, embedding_dim=6, hidden_dim=5, num_layers=2, tie_embeddings=True))
     ids = tf.constant(np.random.default_rng(0).integers(3, 30, size=(3, 11)), tf.int32)
     lengths = tf.constant([11, 1, 6])
     mask = tf.sequence_mask(lengths, 11)
     logits, states = lm(ids, mask=mask)
-    last, primed = lm.prime(ids, lengths, chunk_tokens=chunk_tokens)
+    last, primed = lm.prime(ids, lengths)
     np.testing.assert_array_equal(last, tf.gather(logits, lengths - 1, batch_dims=1))
     for a, b in zip(primed, states, strict=True):
         np.testing.assert_array_equal(a, b)
