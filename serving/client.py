@@ -15,6 +15,8 @@ import json
 import threading
 import urllib.parse
 
+import numpy as np
+
 from serving.generation_module import SIGNATURE_KNOBS
 from serving.knobs import KNOB_SPECS
 
@@ -94,13 +96,12 @@ class ServingClient:
         from serving.stream import stream_events, stream_start_inputs
 
         name = self.prompt_input(method)
-        start = stream_start_inputs(prompts, method, name, **knobs)
+        return stream_events(self._stream_call, stream_start_inputs(prompts, method, name, **knobs), name)
 
-        def call(signature: str, inputs: dict) -> dict:
-            columns = {k: v.tolist() if hasattr(v, "tolist") else v for k, v in inputs.items()}
-            return self.predict(signature, inputs=columns)["outputs"]
-
-        return stream_events(call, start, name)
+    def _stream_call(self, signature: str, inputs: dict) -> dict:
+        """One stream call: columns (lists or arrays) -> outputs (name -> values)."""
+        columns = {k: v.tolist() if hasattr(v, "tolist") else v for k, v in inputs.items()}
+        return self.predict(signature, inputs=columns)["outputs"]
 
     def stream_sse(self, prompts: list[str], method: str = "top_p", **knobs):
         """The same events from `lmpipe serve`'s `:generate_stream` (Server-Sent Events, one
@@ -226,21 +227,35 @@ class GrpcServingClient(ServingClient):
 
     def predict(self, signature: str, instances: list | None = None, inputs: dict | None = None) -> dict:
         """PredictionService.Predict; the answer in the REST layout (predictions or outputs)."""
+        from serving.rest_api import format_response
+
+        columns = inputs if inputs is not None else {k: [row[k] for row in instances] for k in instances[0]}
+        return format_response(self._predict_arrays(signature, columns), "row" if inputs is None else "columnar")
+
+    def _stream_call(self, signature: str, inputs: dict) -> dict:
+        """One stream call, arrays both ways (a stream state is ~2,000 floats a call)."""
+        return self._predict_arrays(signature, inputs)
+
+    def _predict_arrays(self, signature: str, columns: dict) -> dict:
+        """Predict on columns (name -> list or array): outputs as numpy arrays. Numbers go in
+        as arrays of the signature's dtype (`_cast_column`: a float for an int input is
+        refused, not truncated): `tf.make_tensor_proto` checks a list value by value (2.5 ms
+        for the list of a 1,900-float stream state, 0.05 ms for the array; 0.08 ms even for
+        a one-value knob, and a stream call sends ten)."""
         import tensorflow as tf
         from tensorflow_serving.apis import predict_pb2
-
-        from serving.rest_api import format_response
 
         if not self._dtypes:
             self.metadata()
         dtypes = self._dtypes.get(signature, {})
-        columns = inputs if inputs is not None else {k: [row[k] for row in instances] for k in instances[0]}
         request = predict_pb2.PredictRequest(model_spec=self._spec(signature))
         for name, values in columns.items():
-            request.inputs[name].CopyFrom(tf.make_tensor_proto(values, dtype=dtypes.get(name)))
+            dtype = tf.as_dtype(dtypes[name]) if name in dtypes else None
+            if dtype is not None and dtype != tf.string:
+                values = _cast_column(signature, name, np.asarray(values), dtype.as_numpy_dtype)
+            request.inputs[name].CopyFrom(tf.make_tensor_proto(values, dtype=dtype))
         response = self._rpc(self._prediction.Predict, request)
-        outputs = {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
-        return format_response(outputs, "row" if inputs is None else "columnar")
+        return {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
 
     def _spec(self, signature: str):
         from tensorflow_serving.apis import model_pb2
@@ -261,6 +276,19 @@ class GrpcServingClient(ServingClient):
             if err.code() in (grpc.StatusCode.UNAVAILABLE,) and "failed to connect" in (err.details() or "").lower():
                 raise ServerUnreachable(f"cannot reach the model server at {self.url}: {err.details()}") from None
             raise ServingError(STATUS.get(err.code().name, 500), err.details() or err.code().name) from None
+
+
+def _cast_column(signature: str, name: str, values: np.ndarray, dtype) -> np.ndarray:
+    """values as `dtype`; ValueError (naming the input) where that would change a value's
+    kind (a float array for an int input) or wrap an integer out of the dtype's range."""
+    if not np.can_cast(values.dtype, dtype, casting="same_kind") or (values.dtype == bool) != (np.dtype(dtype) == bool):
+        raise ValueError(f"input {name!r} of {signature} must be {np.dtype(dtype).name}, got an array of {values.dtype}")
+    if np.issubdtype(dtype, np.integer) and values.size:
+        info = np.iinfo(dtype)
+        if values.min() < info.min or values.max() > info.max:
+            raise ValueError(f"input {name!r} of {signature} is out of range for {np.dtype(dtype).name} "
+                             f"([{info.min}, {info.max}])")
+    return values.astype(dtype, copy=False)
 
 
 def connect(url: str, model: str, version: int | None = None, timeout: float = 120) -> ServingClient:

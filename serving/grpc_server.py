@@ -34,7 +34,8 @@ _AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
 
 def request_arrays(inputs, dtypes: dict[str, tf.DType], ranks: dict[str, int]) -> dict[str, np.ndarray]:
     """PredictRequest.inputs (name -> TensorProto) -> typed arrays, with REST's checks and
-    messages; strings must be UTF-8."""
+    messages; strings must be UTF-8. A numeric proto of the input's dtype stays the array
+    it decodes to (no round trip through a list: a stream state is ~2,000 floats)."""
     cols = {}
     for name, proto in inputs.items():
         if name in dtypes and tf.as_dtype(proto.dtype) != dtypes[name]:
@@ -42,7 +43,8 @@ def request_arrays(inputs, dtypes: dict[str, tf.DType], ranks: dict[str, int]) -
         value = tf.make_ndarray(proto)
         if value.ndim != ranks.get(name, 1):
             raise BadRequest(f"input {name!r} must have rank {ranks.get(name, 1)}, got shape {list(value.shape)}")
-        cols[name] = [_text(name, v) if isinstance(v, bytes) else v for v in value.tolist()]
+        cols[name] = [_text(name, v) if isinstance(v, bytes) else v for v in value.tolist()] \
+            if value.dtype == object else value
     return to_arrays(cols, dtypes)
 
 

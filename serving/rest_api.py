@@ -129,7 +129,12 @@ def to_arrays(cols: dict[str, list], dtypes: dict[str, tf.DType],
     return arrays
 
 
-def _typed(name: str, values: list, dtype: tf.DType) -> np.ndarray:
+def _typed(name: str, values, dtype: tf.DType) -> np.ndarray:
+    """values: a list (JSON), or an array already of a numeric dtype (gRPC), kept as it is."""
+    if isinstance(values, np.ndarray) and dtype != tf.string and values.dtype == dtype.as_numpy_dtype:
+        return values
+    if isinstance(values, np.ndarray):
+        values = values.tolist()
     if dtype == tf.string:
         for row, value in enumerate(values):
             if not isinstance(value, str):

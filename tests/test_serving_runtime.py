@@ -2,10 +2,7 @@
 errors, server-side batching where every row equals its request alone, Prometheus
 metrics, and TF Serving's own files and command line."""
 
-import json
-import os
 import threading
-import time
 import urllib.request
 
 import grpc
@@ -121,6 +118,12 @@ def test_grpc_errors_carry_rest_messages_and_tf_serving_codes(servers):
             with pytest.raises(ServingError) as rest:
                 client.predict(signature, instances)
             assert rest.value.message == err.value.details()
+    # Our client sends arrays as arrays of the input's dtype, and refuses to truncate one.
+    grpc_client = connect(f"grpc://127.0.0.1:{server.grpc_port}", "tiny")
+    with pytest.raises(ValueError, match="input 'max_new_tokens' of greedy must be int32, got an array of float64"):
+        grpc_client.predict("greedy", inputs={"prompt": ["the"], "max_new_tokens": np.array([1.5])})
+    with pytest.raises(ValueError, match=r"input 'max_new_tokens' of greedy is out of range for int32"):
+        grpc_client.predict("greedy", inputs={"prompt": ["the"], "max_new_tokens": np.array([2**40])})
 
 
 @pytest.mark.slow
