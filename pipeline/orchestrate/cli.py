@@ -24,19 +24,12 @@ import sys
 from typing import Callable
 
 from pipeline.core.errors import InputDataError, LmpipeError
+from pipeline.orchestrate.cli_args import (
+    DEFAULT_CONFIG, config_args, config_command_args, evaluate_args, export_args, generate_args, report_args,
+    schedule_args, serve_args,
+)
 from pipeline.orchestrate.generate_command import cmd_generate
 from pipeline.orchestrate.quiet_logs import configure_logging  # first: it sets TF_CPP_MIN_LOG_LEVEL before TensorFlow loads
-
-DEFAULT_CONFIG = "pipeline_config.yaml"
-
-
-def _config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config", default=DEFAULT_CONFIG,
-        help=f"path of the pipeline config (default: {DEFAULT_CONFIG})")
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-        help="override one config key, e.g. --set train.epochs=3 (repeatable)")
 
 
 def _load(args):
@@ -312,95 +305,28 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
         prog="lmpipe", description="Train LSTM language models and serve text generation.")
     sub = parser.add_subparsers(dest="command", required=True)
     subcommands = [  # name, help, description, its arguments, its handler
-        ("config", "inspect the configuration", None, _config_command_args, cmd_config_show),
+        ("config", "inspect the configuration", None, config_command_args, cmd_config_show),
         ("preprocess", "corpus -> TFRecords, vocab, stats (Apache Beam)",
-         "Unknown flags are Beam pipeline options (--runner, --direct_num_workers, ...).", _config_args, cmd_preprocess),
-        ("train", "train the language model on the preprocessed data (MLflow)", None, _config_args, cmd_train),
-        ("evaluate", "perplexity of a trained model on dataset splits", None, _evaluate_args, cmd_evaluate),
-        ("export", "write the trained model as a new SavedModel version", None, _export_args, cmd_export),
+         "Unknown flags are Beam pipeline options (--runner, --direct_num_workers, ...).", config_args, cmd_preprocess),
+        ("train", "train the language model on the preprocessed data (MLflow)", None, config_args, cmd_train),
+        ("evaluate", "perplexity of a trained model on dataset splits", None, evaluate_args, cmd_evaluate),
+        ("export", "write the trained model as a new SavedModel version", None, export_args, cmd_export),
         ("check-export", "prove an export runs without this project (TF Serving)", None,
          lambda p: p.add_argument("export_dir"), cmd_check_export),
-        ("serve", "serve the exported versions with TF Serving's REST API", None, _serve_args, cmd_serve),
-        ("generate", "generate text through a server or a SavedModel", None, _generate_args, cmd_generate),
+        ("serve", "serve the exported versions with TF Serving's REST API", None, serve_args, cmd_serve),
+        ("generate", "generate text through a server or a SavedModel", None, generate_args, cmd_generate),
         ("run", "every stage, idempotent and locked: for cron, systemd or Airflow",
-         "Exit codes: 0 promoted or nothing new, 10 not better, 11 locked, 1 failure.", _config_args, cmd_run),
+         "Exit codes: 0 promoted or nothing new, 10 not better, 11 locked, 1 failure.", config_args, cmd_run),
         ("report", "insight reports: gradients, gates, decoding (PNG + CSV/JSON, MLflow)", None,
-         _report_args, cmd_report),
+         report_args, cmd_report),
         ("schedule", "print (or --install) a crontab line or a systemd timer for lmpipe run", None,
-         _schedule_args, cmd_schedule),
+         schedule_args, cmd_schedule),
     ]
     handlers: dict[str, Callable] = {}
     for name, help_text, description, add_arguments, handler in subcommands:
         add_arguments(sub.add_parser(name, help=help_text, description=description))
         handlers[name] = handler
     return parser, handlers
-
-
-def _config_command_args(config: argparse.ArgumentParser) -> None:
-    config_sub = config.add_subparsers(dest="config_command", required=True)
-    _config_args(config_sub.add_parser("show", help="print the effective config as YAML"))
-
-
-def _evaluate_args(ev: argparse.ArgumentParser) -> None:
-    _config_args(ev)
-    ev.add_argument("--split", nargs="+", default=["test"], choices=["train", "valid", "test"])
-    ev.add_argument("--model-dir", help="a trained model folder (default: this config's run)")
-    ev.add_argument("--dataset-dir", help="a preprocessed dataset folder (default: this config's)")
-
-
-def _export_args(ex: argparse.ArgumentParser) -> None:
-    _config_args(ex)
-    ex.add_argument("--model-dir", help="a trained model folder (default: this config's run)")
-    ex.add_argument("--no-check", dest="check", action="store_false",
-                    help="skip the clean-process serving check")
-    ex.add_argument("--no-register", dest="register", action="store_false",
-                    help="do not log the export as an MLflow Model nor register it")
-    ex.add_argument("--from", dest="source", metavar="MODELS_URI",
-                    help="export a registered version instead: models:/<name>@<alias> or models:/<name>/<version>")
-
-
-def _serve_args(srv: argparse.ArgumentParser) -> None:
-    _config_args(srv)
-    srv.add_argument("--model-base-path", help="<export.base_path>/<model_name> (default from config)")
-    srv.add_argument("--host", help="bind address (default serve.host, 127.0.0.1)")
-    srv.add_argument("--port", type=int, help="REST port (default serve.port, 8501)")
-    srv.add_argument("--grpc-port", type=int, help="gRPC port (default serve.grpc_port, 8500; 0: no gRPC)")
-    srv.add_argument("--print-tf-serving-command", action="store_true",
-                     help="print the tensorflow_model_server command for the files lmpipe run writes, and exit")
-    srv.add_argument("--model-config-dir", help="folder of a models.config pinning versions and labels "
-                     "(default: export.base_path when --model-base-path is not given)")
-
-
-def _generate_args(gen: argparse.ArgumentParser) -> None:
-    gen.add_argument("prompts", nargs="+")
-    where = gen.add_mutually_exclusive_group(required=True)
-    where.add_argument("--url", help="a TF Serving or lmpipe serve address: http://host:8501 (REST) "
-                       "or grpc://host:8500 (gRPC)")
-    where.add_argument("--export-dir", help="a SavedModel version folder, run in this process")
-    gen.add_argument("--model", default="lm", help="model name on the server")
-    gen.add_argument("--method", default="top_p", choices=["greedy", "beam_search", "sample", "top_k", "top_p"])
-    gen.add_argument("--stream", action="store_true",
-                     help="print tokens as they arrive (lmpipe serve: Server-Sent Events; any TF Serving or "
-                          "--export-dir: the stream_start / stream_next signatures)")
-    for name, kind in [("max_new_tokens", int), ("min_new_tokens", int), ("temperature", float),
-                       ("k", int), ("p", float), ("seed", int), ("beam_width", int),
-                       ("repetition_penalty", float), ("no_repeat_ngram_size", int), ("length_penalty", float)]:
-        gen.add_argument("--" + name.replace("_", "-"), dest=name, type=kind)
-
-
-def _report_args(rep: argparse.ArgumentParser) -> None:
-    rep.add_argument("report", choices=["gradients", "gates", "decoding", "translation"],
-                     help="translation: seq2seq models (BLEU, samples, attention heatmaps)")
-    _config_args(rep)
-    rep.add_argument("--model-dir", help="a trained model folder (default: this config's run)")
-    rep.add_argument("--text", help="gates: the text to trace (default: lines of the test split)")
-
-
-def _schedule_args(sch: argparse.ArgumentParser) -> None:
-    _config_args(sch)
-    sch.add_argument("--cron", default="0 3 * * *", help='cron expression (default "0 3 * * *")')
-    sch.add_argument("--systemd", action="store_true", help="a systemd service + timer instead of crontab")
-    sch.add_argument("--install", action="store_true", help="install it (user crontab / ~/.config/systemd/user)")
 
 
 def main(argv: list[str] | None = None) -> int:
