@@ -8,9 +8,9 @@ import tensorflow as tf
 from scipy import stats
 
 from serving.decoders.beam_search import beam_search
-from serving.decoders.counter_rng import row_uniform
+from serving.decoders.counter_rng import next_uniform, row_uniform
 from serving.decoders.generate import generate
-from serving.decoders.strategies import get_strategy
+from serving.decoders.strategies import get_strategy, in_nucleus, inverse_cdf
 from serving.knobs import Knobs
 
 from scripted_models import BigramModel, scripted
@@ -166,19 +166,48 @@ def test_top_k_and_top_p_stay_inside_their_sets():
     assert set(top_p.token_ids.numpy()[:, 0]) == {4, 5, 6}  # 0.3 + 0.25 < 0.7 <= 0.75
 
 
-def test_top_p_threshold_path_keeps_exactly_the_nucleus():
+@pytest.mark.parametrize("p,nucleus", [(0.5, [4, 5]), (0.7, [4, 5, 6])])
+@pytest.mark.parametrize("refine", [False, True])
+def test_top_p_samples_the_renormalised_nucleus(p, nucleus, refine):
+    """Draws from the whole distribution kept when inside the nucleus, and rows whose
+    draws all miss (here 20% and 6%) drawn from the nucleus itself (`refine`: by the
+    histogram's slow exact path): together exactly the nucleus, renormalised."""
     probs = np.zeros((9, 9))
     probs[EOS] = [0, 0, 0, 0.02, 0.3, 0.25, 0.2, 0.15, 0.08]
     model = BigramModel(probs)
     strategy = get_strategy("top_p")
-    strategy.head = 2  # the 2-token head holds 0.55 < p: the bisection path decides
+    if refine:
+        strategy.bin_tokens = 1
     n = 3000
     out = generate(model, tf.fill([n, 1], EOS), tf.ones([n], tf.int32),
-                   Knobs.defaults(n, max_new_tokens=1, p=0.7, seed=tf.range(n, dtype=tf.int64)), strategy)
+                   Knobs.defaults(n, max_new_tokens=1, p=p, seed=tf.range(n, dtype=tf.int64)), strategy)
     counts = np.bincount(out.token_ids.numpy()[:, 0], minlength=9)
-    assert set(np.flatnonzero(counts)) == {4, 5, 6}
-    expected = np.array([0.3, 0.25, 0.2]) / 0.75 * n
-    assert stats.chisquare(counts[4:7], expected)[1] > 0.001
+    assert set(np.flatnonzero(counts)) == set(nucleus)
+    expected = probs[EOS, nucleus] / probs[EOS, nucleus].sum() * n
+    assert stats.chisquare(counts[nucleus], expected)[1] > 0.001
+
+
+@pytest.mark.parametrize("kind", ["flat", "peaked", "ties"])
+def test_nucleus_membership_of_many_draws_is_the_exact_nucleus(kind):
+    probs = tf.nn.softmax(_rows(kind, 6, 2_000, np.random.default_rng(8)))
+    tokens = tf.constant(np.random.default_rng(9).integers(3, 2_000, size=(6, 50)), tf.int32)
+    for p in (0.3, 0.9, 0.999):
+        got = in_nucleus(probs, tokens, tf.fill([6], p)).numpy()
+        for row, ids, inside in zip(probs.numpy(), tokens.numpy(), got):
+            expected, margin = _nucleus(row, p)
+            if margin > 2e-6:
+                np.testing.assert_array_equal(inside, expected[ids])
+        np.testing.assert_array_equal(in_nucleus(probs, tokens[:, 0], tf.fill([6], p)).numpy(), got[:, 0])
+    assert in_nucleus(probs, tokens, tf.fill([6], 1.0)).numpy().all()
+
+
+def test_inverse_cdf_of_several_numbers_per_row_is_each_number_alone():
+    probs = tf.nn.softmax(_rows("peaked", 5, 1_013, np.random.default_rng(10)))
+    u = tf.reshape(row_uniform(tf.range(15, dtype=tf.int64), tf.constant(0)), [5, 3])
+    together = inverse_cdf(probs, u).numpy()
+    assert together.shape == (5, 3)
+    for a in range(3):
+        np.testing.assert_array_equal(together[:, a], inverse_cdf(probs, u[:, a]).numpy())
 
 
 @pytest.mark.parametrize("strategy", ["sample", "top_k", "top_p"])
@@ -311,28 +340,52 @@ def test_top_p_on_a_flat_distribution_at_p_0999_samples_only_the_nucleus():
                                         ("top_p", {"p": 0.9}), ("top_p", {"p": 0.999})])
 def test_fast_strategies_agree_with_exact_references_token_for_token(name, knobs):
     """1,000 rows x 1,013 tokens (not a whole number of blocks), flat and peaked rows,
-    one uniform per row from the counter RNG: the same token as a float64 reference, but
-    where the reference's target lies within float32 rounding of a cdf boundary."""
+    one uniform per row from the counter RNG (top-p: and the numbers it derives from it):
+    the same token as a float64 reference, but where the reference's target lies within
+    float32 rounding of a cdf boundary (or of a nucleus boundary)."""
     rng = np.random.default_rng(5)
     logits = np.concatenate([_rows("flat", 500, 1_013, rng), _rows("peaked", 500, 1_013, rng)])
     n = len(logits)
     u = row_uniform(tf.range(n, dtype=tf.int64) * 7 + 1, tf.constant(3))
     got = get_strategy(name).select(tf.constant(logits), Knobs.defaults(n, **knobs), u).numpy()
     probs = tf.nn.softmax(logits).numpy()
+    numbers = [u]
+    for _ in range(get_strategy("top_p").draws):
+        numbers.append(next_uniform(numbers[-1]))
+    numbers = np.stack([x.numpy() for x in numbers], axis=1)
     skipped = 0
-    for row, prob, uu, token in zip(logits, probs, u.numpy(), got):
+    for row, prob, uu, token in zip(logits, probs, numbers, got):
         if name == "top_k":  # the k largest, in order of probability (ties: lower id first)
             order = np.argsort(-row, kind="stable")[:knobs["k"]]
-            weights, ids = np.exp(row[order] - row[order[0]]), order
+            j, gap = _inverse_cdf_ref(np.exp(row[order] - row[order[0]]), uu[0])
+            expected = order[j]
+        elif name == "sample":
+            expected, gap = _inverse_cdf_ref(prob, uu[0])
         else:
-            mask = _nucleus(prob, knobs["p"])[0] if name == "top_p" else np.ones_like(prob, bool)
-            weights, ids = np.where(mask, prob, 0.0), np.arange(len(prob))
-        j, gap = _inverse_cdf_ref(weights, uu)
+            expected, gap = _top_p_ref(prob, knobs["p"], uu)
         if gap < 1e-5:
             skipped += 1
             continue
-        assert token == ids[j]
+        assert token == expected
     assert skipped < n // 20
+
+
+def _top_p_ref(prob, p, numbers):
+    """top_p's token for one row (float64): the first of the draws from the whole
+    distribution at numbers[:-1] inside the nucleus, else the nucleus's inverse CDF at
+    numbers[-1]; and the smallest margin of a decision on the way, as a cdf gap (a
+    membership or nucleus boundary within 2e-6 of p, where float32 sums may decide
+    either way, counts as a gap under 1e-5)."""
+    mask, margin = _nucleus(prob, p)
+    gaps = []
+    for uu in numbers[:-1]:
+        j, gap = _inverse_cdf_ref(prob, uu)
+        above = prob[prob > prob[j]].astype(np.float64).sum()
+        gaps += [gap, abs(above - p) * 5]
+        if mask[j]:
+            return j, min(gaps)
+    j, gap = _inverse_cdf_ref(np.where(mask, prob, 0.0), numbers[-1])
+    return j, min(gaps + [gap, margin * 5])
 
 
 @pytest.mark.parametrize("name", ["sample", "top_k", "top_p"])

@@ -6,7 +6,7 @@ always gives the same output).
 
 Example:
     >>> row_uniform(tf.constant([1, 1, 2], tf.int64), tf.constant(0)).numpy()  # [B] in (0, 1)
-    array([0.2308..., 0.2308..., 0.7416...])
+    array([0.3681..., 0.3681..., 0.3922...])
 """
 
 from __future__ import annotations
@@ -29,6 +29,21 @@ def splitmix64(x: tf.Tensor) -> tf.Tensor:
 def row_uniform(seed: tf.Tensor, step: tf.Tensor) -> tf.Tensor:
     """float64 [B] uniform in (0, 1) from int64 seeds [B] and a scalar step."""
     x = splitmix64(tf.bitcast(tf.cast(seed, tf.int64), tf.uint64))
-    x = splitmix64(x + tf.cast(step, tf.uint64))
+    return _unit(splitmix64(x + tf.cast(step, tf.uint64)))
+
+
+def next_uniform(u: tf.Tensor) -> tf.Tensor:
+    """float64 [B] uniform in (0, 1), a further draw of the streams that gave u [B] (one
+    more splitmix64 round of u's bits), for a strategy that needs a second number.
+
+    Example:
+        >>> next_uniform(row_uniform(tf.constant([1], tf.int64), tf.constant(0))).numpy()
+        array([0.5778...])
+    """
+    return _unit(splitmix64(tf.bitcast(tf.cast(u, tf.float64), tf.uint64)))
+
+
+def _unit(x: tf.Tensor) -> tf.Tensor:
+    """uint64 [B] -> float64 [B] in (0, 1) from the top 53 bits."""
     top53 = tf.bitwise.right_shift(x, tf.constant(11, tf.uint64))
     return (tf.cast(top53, tf.float64) + 0.5) * (2.0 ** -53)
