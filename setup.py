@@ -29,7 +29,8 @@ setup(
         "sacrebleu>=2.4,<3",
     ],
     extras_require={
-        "test": ["pytest>=8,<10", "scipy>=1.11,<2", "import-linter>=2.1,<3"],  # scipy: chi-square tests; import-linter: the floors
+        # scipy: chi-square tests; import-linter: the floors; pytest-xdist: two test processes
+        "test": ["pytest>=8,<10", "scipy>=1.11,<2", "import-linter>=2.1,<3", "pytest-xdist>=3.5,<4"],
         "bench": ["torch>=2.4,<3"],  # bench/lstm_speed.py's PyTorch peer only
     },
     entry_points={"console_scripts": ["lmpipe=pipeline.orchestrate.cli:main"]},
