@@ -10,7 +10,7 @@ from scipy import stats
 from serving.decoders.beam_search import beam_search
 from serving.decoders.counter_rng import next_uniform, row_uniform
 from serving.decoders.generate import generate
-from serving.decoders.strategies import get_strategy, in_nucleus, inverse_cdf
+from serving.decoders.strategies import get_strategy, in_nucleus, in_top_k, inverse_cdf
 from serving.knobs import Knobs
 
 from scripted_models import BigramModel, scripted
@@ -187,6 +187,33 @@ def test_top_p_samples_the_renormalised_nucleus(p, nucleus, refine):
     assert stats.chisquare(counts[nucleus], expected)[1] > 0.001
 
 
+@pytest.mark.parametrize("k", [3, 1])
+def test_top_k_samples_the_renormalised_k_most_likely(k):
+    """k x p_max = 0.9: rows draw from the whole distribution first (hit: 94%), the rest
+    sample the top 3 themselves; k = 1 (0.3 < 1/2) samples them directly: greedy."""
+    probs = np.zeros((9, 9))
+    probs[EOS] = [0, 0, 0, 0.02, 0.3, 0.25, 0.2, 0.15, 0.08]
+    model = BigramModel(probs)
+    n = 3000
+    out = generate(model, tf.fill([n, 1], EOS), tf.ones([n], tf.int32),
+                   Knobs.defaults(n, max_new_tokens=1, k=k, seed=tf.range(n, dtype=tf.int64)), get_strategy("top_k"))
+    counts = np.bincount(out.token_ids.numpy()[:, 0], minlength=9)
+    top = [4, 5, 6][:k]
+    assert set(np.flatnonzero(counts)) == set(top)
+    if k > 1:
+        assert stats.chisquare(counts[top], probs[EOS, top] / probs[EOS, top].sum() * n)[1] > 0.001
+
+
+def test_top_k_membership_ranks_as_tf_math_top_k():
+    logits = np.round(np.random.default_rng(11).normal(0, 1, (6, 500)), 1).astype(np.float32)  # many ties
+    tokens = np.random.default_rng(12).integers(0, 500, size=(6, 40)).astype(np.int32)
+    for k in (1, 7, 40, 499):
+        _, top = tf.math.top_k(logits, k=k)
+        expected = np.array([np.isin(t, row) for t, row in zip(tokens, top.numpy())])
+        got = in_top_k(tf.constant(logits), tf.constant(tokens), tf.fill([6], k)).numpy()
+        np.testing.assert_array_equal(got, expected)
+
+
 @pytest.mark.parametrize("kind", ["flat", "peaked", "ties"])
 def test_nucleus_membership_of_many_draws_is_the_exact_nucleus(kind):
     probs = tf.nn.softmax(_rows(kind, 6, 2_000, np.random.default_rng(8)))
@@ -350,15 +377,13 @@ def test_fast_strategies_agree_with_exact_references_token_for_token(name, knobs
     got = get_strategy(name).select(tf.constant(logits), Knobs.defaults(n, **knobs), u).numpy()
     probs = tf.nn.softmax(logits).numpy()
     numbers = [u]
-    for _ in range(get_strategy("top_p").draws):
+    for _ in range(max(get_strategy("top_p").draws, get_strategy("top_k").draws)):
         numbers.append(next_uniform(numbers[-1]))
     numbers = np.stack([x.numpy() for x in numbers], axis=1)
     skipped = 0
     for row, prob, uu, token in zip(logits, probs, numbers, got):
-        if name == "top_k":  # the k largest, in order of probability (ties: lower id first)
-            order = np.argsort(-row, kind="stable")[:knobs["k"]]
-            j, gap = _inverse_cdf_ref(np.exp(row[order] - row[order[0]]), uu[0])
-            expected = order[j]
+        if name == "top_k":
+            expected, gap = _top_k_ref(row, prob, knobs["k"], uu)
         elif name == "sample":
             expected, gap = _inverse_cdf_ref(prob, uu[0])
         else:
@@ -370,21 +395,44 @@ def test_fast_strategies_agree_with_exact_references_token_for_token(name, knobs
     assert skipped < n // 20
 
 
+def _top_k_ref(logits, prob, k, numbers):
+    """top_k's token for one row (float64) and the smallest margin on the way, as a cdf
+    gap: a row whose k x p_max reaches 1/2 keeps the first of its draws from the whole
+    distribution that is among the k largest logits (ties: the lower id first), else
+    samples the k largest in order of probability, at the first number (a row that drew
+    nothing) or at the one after its draws."""
+    strategy = get_strategy("top_k")
+    order = np.argsort(-logits, kind="stable")[:k]
+    hopeful = k * prob.max()
+    gaps = [abs(hopeful - strategy.hopeful) * 10]
+    at = numbers[0]
+    if hopeful >= strategy.hopeful:
+        for uu in numbers[:strategy.draws]:
+            j, gap = _inverse_cdf_ref(prob, uu)
+            gaps.append(gap)
+            if j in order:
+                return j, min(gaps)
+        at = numbers[strategy.draws]
+    j, gap = _inverse_cdf_ref(np.exp(logits[order] - logits[order[0]]), at)
+    return order[j], min(gaps + [gap])
+
+
 def _top_p_ref(prob, p, numbers):
     """top_p's token for one row (float64): the first of the draws from the whole
     distribution at numbers[:-1] inside the nucleus, else the nucleus's inverse CDF at
-    numbers[-1]; and the smallest margin of a decision on the way, as a cdf gap (a
+    numbers[draws]; and the smallest margin of a decision on the way, as a cdf gap (a
     membership or nucleus boundary within 2e-6 of p, where float32 sums may decide
     either way, counts as a gap under 1e-5)."""
+    draws = get_strategy("top_p").draws
     mask, margin = _nucleus(prob, p)
     gaps = []
-    for uu in numbers[:-1]:
+    for uu in numbers[:draws]:
         j, gap = _inverse_cdf_ref(prob, uu)
         above = prob[prob > prob[j]].astype(np.float64).sum()
         gaps += [gap, abs(above - p) * 5]
         if mask[j]:
             return j, min(gaps)
-    j, gap = _inverse_cdf_ref(np.where(mask, prob, 0.0), numbers[-1])
+    j, gap = _inverse_cdf_ref(np.where(mask, prob, 0.0), numbers[draws])
     return j, min(gaps + [gap, margin * 5])
 
 
