@@ -10,7 +10,8 @@ from scipy import stats
 from serving.decoders.beam_search import beam_search
 from serving.decoders.counter_rng import next_uniform, row_uniform
 from serving.decoders.generate import generate
-from serving.decoders.strategies import get_strategy, in_nucleus, in_top_k, inverse_cdf
+from serving.decoders.sampling import in_nucleus, in_top_k, inverse_cdf
+from serving.decoders.strategies import get_strategy
 from serving.knobs import Knobs
 
 from scripted_models import BigramModel, scripted

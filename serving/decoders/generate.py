@@ -27,6 +27,7 @@ import tensorflow as tf
 from pipeline.core.constants import EOS_ID, PAD_ID
 from serving.decoders.counter_rng import row_uniform
 from serving.decoders.logits_processors import NEVER_TEXT, apply_processors
+from serving.decoders.sampling import never_inlined, update_rows
 from serving.decoders.strategies import get_strategy
 from serving.knobs import Knobs
 
@@ -187,8 +188,8 @@ class PerRowStrategy:
         self.strategies = [get_strategy(name) for name in STREAM_METHODS]
         # Each strategy's rows as one never-inlined call: a branch not taken is then one dead
         # node, not the strategy's whole graph (a stream call runs one method, most often).
-        self._calls = [tf.function(functools.partial(_select_rows, strategy), autograph=False,
-                                   experimental_attributes={"_noinline": True}) for strategy in self.strategies]
+        self._calls = [never_inlined(functools.partial(update_rows, strategy.select))
+                       for strategy in self.strategies]
 
     def select(self, logits, knobs: Knobs, u) -> tf.Tensor:
         """logits [B, V], u [B] -> token [B]: each row by the strategy its `method` names (each
@@ -198,13 +199,6 @@ class PerRowStrategy:
         for index, call in enumerate(self._calls):
             rows = tf.where(tf.equal(self.method, index))[:, 0]
             token = tf.cond(tf.size(rows) > 0,
-                            lambda c=call, r=rows, tok=token: c(r, tok, logits, knobs, u),
+                            lambda c=call, r=rows, tok=token: c(tok, r, logits, knobs, u),
                             lambda tok=token: tok)
         return token
-
-
-def _select_rows(strategy, rows, token, logits, knobs: Knobs, u):
-    """`token` [B] with `rows` [n] replaced by `strategy`'s choice among those rows."""
-    picked = strategy.select(tf.gather(logits, rows), Knobs(*[tf.gather(k, rows) for k in knobs]),
-                             tf.gather(u, rows))
-    return tf.tensor_scatter_nd_update(token, rows[:, None], picked)
