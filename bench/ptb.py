@@ -46,7 +46,7 @@ PRESETS = {
                    "train.lr_decay=0.8", "train.lr_decay_start_epoch=10"],
     "small-awd": ["model.dropout=0.3", "model.tie_embeddings=true", "model.weight_drop=0.2",
                   "model.embedding_dropout=0.05", "train.activation_penalty=1", "train.temporal_penalty=1",
-                  "train.optimizer=nt_asgd", "train.nonmono=3", "train.lr_decay=1.0", "train.epochs=34"],
+                  "train.lr_decay=0.85", "train.lr_decay_start_epoch=15", "train.epochs=38"],
 }
 
 

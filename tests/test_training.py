@@ -23,6 +23,24 @@ def test_zaremba_learning_rate_schedule():
     assert [learning_rate_for(cfg, e) for e in range(7)] == [1, 1, 1, 1, 0.5, 0.25, 0.125]
 
 
+def test_plateau_learning_rate_schedule():
+    cfg = TrainConfig(learning_rate=1.0, lr_decay=0.25, lr_decay_start_epoch=4, lr_schedule="plateau")
+    improved = [True, False, True, False, False, True]
+    history = [{"epoch": n + 1, "improved": i} for n, i in enumerate(improved)]
+    # epoch 2's stall is before the decay starts (epoch 4 has the first rate that may decay)
+    assert [learning_rate_for(cfg, e, history) for e in range(7)] == [1, 1, 1, 1, 0.25, 0.0625, 0.0625]
+
+
+def test_plateau_schedule_decays_after_a_stalled_epoch(tmp_path):
+    train, valid = counting_streams()
+    cfg = TrainConfig(batch_size=4, bptt=8, epochs=3, optimizer="sgd", learning_rate=1e-6,
+                      lr_schedule="plateau", lr_decay=0.25, lr_decay_start_epoch=1)
+    history = Trainer(_model(), cfg, str(tmp_path), verbose=False).fit(train, valid)
+    # at lr 1e-6 epoch 2 does not improve (as in test_early_stopping), so epoch 3 runs at lr / 4
+    assert [h["improved"] for h in history[:2]] == [True, False]
+    assert [h["learning_rate"] for h in history] == [1e-6, 1e-6, 2.5e-7]
+
+
 def test_training_learns_the_pattern(tmp_path):
     train, valid = counting_streams()
     model = _model()

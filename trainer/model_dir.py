@@ -40,7 +40,7 @@ LM_MODEL_KEYS = ("cell", "embedding_dim", "hidden_dim", "num_layers", "dropout",
                  "tie_embeddings")
 # Keys added later: a run key counts them only when they are off their default.
 LATER_MODEL_KEYS = {"weight_drop": 0.0, "embedding_dropout": 0.0}
-LATER_TRAIN_KEYS = {"activation_penalty": 0.0, "temporal_penalty": 0.0, "nonmono": 5}
+LATER_TRAIN_KEYS = {"activation_penalty": 0.0, "temporal_penalty": 0.0, "nonmono": 5, "lr_schedule": "epoch"}
 
 
 def run_dir_for(config: PipelineConfig, fingerprint: str, start_from: str = "") -> str:

@@ -40,13 +40,26 @@ EpochCallback = Callable[[dict], None]
 MIN_IMPROVEMENT = 1e-3  # a valid perplexity 0.1% below the best so far counts as better
 
 
-def learning_rate_for(config: TrainConfig, epoch: int) -> float:
-    """Zaremba et al.'s schedule: constant, then x lr_decay per epoch from
-    `lr_decay_start_epoch` (1-based). `epoch` is 0-based.
+def learning_rate_for(config: TrainConfig, epoch: int, history: list[dict] = ()) -> float:
+    """The learning rate of epoch `epoch` (0-based), from the finished epochs' `history`.
+
+    `lr_schedule: epoch` is Zaremba et al.'s: constant, then x lr_decay per epoch from
+    `lr_decay_start_epoch` (1-based). `plateau` is the PyTorch word_language_model's: x
+    lr_decay after every finished epoch whose valid perplexity did not improve on the best,
+    counting epochs from `lr_decay_start_epoch - 1` on. Both are functions of the checkpointed
+    history, so a resumed run continues with the same rates.
 
     >>> learning_rate_for(TrainConfig(learning_rate=1.0, lr_decay=0.5, lr_decay_start_epoch=5), 4)
     0.5
+    >>> learning_rate_for(TrainConfig(lr_schedule="plateau", lr_decay=0.25, lr_decay_start_epoch=1), 3,
+    ...                   [{"epoch": 1, "improved": True}, {"epoch": 2, "improved": False},
+    ...                    {"epoch": 3, "improved": True}])
+    0.25
     """
+    if config.lr_schedule == "plateau":
+        stalls = sum(1 for h in history[:epoch]
+                     if not h["improved"] and h["epoch"] + 1 >= config.lr_decay_start_epoch)
+        return config.learning_rate * config.lr_decay ** stalls
     return config.learning_rate * config.lr_decay ** max(0, epoch + 2 - config.lr_decay_start_epoch)
 
 
@@ -255,7 +268,7 @@ class Trainer:
         steps_per_epoch = self._steps_per_epoch(train_stream)
         while int(self._epoch.numpy()) < cfg.epochs and not self._should_stop():
             epoch = int(self._epoch.numpy())
-            lr = learning_rate_for(cfg, epoch)
+            lr = learning_rate_for(cfg, epoch, self.history)
             self.optimizer.learning_rate.assign(lr)
             started = time.perf_counter()
             skip = int(self._step.numpy())

@@ -246,6 +246,10 @@ class TrainConfig(_Section):
     learning_rate: float = Field(1.0, gt=0.0)
     lr_decay: float = Field(0.5, gt=0.0, le=1.0)
     lr_decay_start_epoch: int = Field(5, ge=1)  # first (1-based) epoch with decay
+    # epoch: x lr_decay every epoch from lr_decay_start_epoch (Zaremba et al.); plateau: x
+    # lr_decay after an epoch whose valid perplexity did not improve on the best (PyTorch's
+    # word_language_model: lr / 4), from lr_decay_start_epoch on
+    lr_schedule: Literal["epoch", "plateau"] = "epoch"
     clip_norm: float = Field(5.0, gt=0.0)
     # AR and TAR (Merity et al. 2017) on the last layer's outputs, added to the per-token
     # loss: activation_penalty * mean(dropped h^2) + temporal_penalty * mean((h_t - h_{t-1})^2)
