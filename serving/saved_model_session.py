@@ -23,8 +23,6 @@ Example:
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import tensorflow as tf
 
@@ -57,8 +55,6 @@ class SessionModel:
             logger.setLevel(level)
         self.signature_defs = {name: sig for name, sig in self.meta_graph.signature_def.items()
                                if name != INIT_OP_SIGNATURE}
-        self._callables: dict = {}  # signature -> (input names, output names, Session callable)
-        self._callables_lock = threading.Lock()
 
     def input_dtypes(self, signature: str) -> dict[str, tf.DType]:
         """Input name -> dtype of one signature, as its SignatureDef declares them."""
@@ -78,24 +74,11 @@ class SessionModel:
         if missing or extra:
             raise ValueError(f"signature {signature!r} takes inputs {sorted(sig.inputs)}; "
                              f"missing {missing}, unknown {extra}")
-        names, outputs, call = self._callable(signature)
         with np.errstate(over="ignore"):  # 1e39 as float32 is inf, which the graph refuses
-            feeds = [np.asarray(inputs[name], dtype=tf.as_dtype(sig.inputs[name].dtype).as_numpy_dtype)
-                     for name in names]
-        return dict(zip(outputs, call(*feeds)))
-
-    def _callable(self, signature: str):
-        """(input names, output names, a `Session.make_callable` of the SignatureDef's
-        tensors), made once per signature: the same `Session::Run` by tensor names, without
-        `Session.run`'s per-call fetch and feed handling in Python."""
-        with self._callables_lock:
-            if signature not in self._callables:
-                sig = self.signature_defs[signature]
-                names, outputs = sorted(sig.inputs), sorted(sig.outputs)
-                call = self.session.make_callable([sig.outputs[name].name for name in outputs],
-                                                  feed_list=[sig.inputs[name].name for name in names])
-                self._callables[signature] = (names, outputs, call)
-            return self._callables[signature]
+            feed = {info.name: np.asarray(inputs[name], dtype=tf.as_dtype(info.dtype).as_numpy_dtype)
+                    for name, info in sig.inputs.items()}
+        fetches = {name: info.name for name, info in sig.outputs.items()}
+        return self.session.run(fetches, feed_dict=feed)
 
     def close(self) -> None:
         """Closes the Session (its variables' memory is freed)."""
