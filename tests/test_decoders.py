@@ -8,9 +8,9 @@ import tensorflow as tf
 from scipy import stats
 
 from serving.decoders.beam_search import beam_search
-from serving.decoders.counter_rng import next_uniform, row_uniform
+from serving.decoders.counter_rng import next_uniforms, row_uniform
 from serving.decoders.generate import generate
-from serving.decoders.sampling import in_nucleus, in_top_k, inverse_cdf
+from serving.decoders.sampling import in_nucleus, in_top_k, inverse_cdf, surely_in_top_k
 from serving.decoders.strategies import get_strategy
 from serving.knobs import Knobs
 
@@ -190,8 +190,7 @@ def test_top_p_samples_the_renormalised_nucleus(p, nucleus, refine):
 
 @pytest.mark.parametrize("k", [3, 1])
 def test_top_k_samples_the_renormalised_k_most_likely(k):
-    """k x p_max = 0.9: rows draw from the whole distribution first (hit: 94%), the rest
-    sample the top 3 themselves; k = 1 (0.3 < 1/2) samples them directly: greedy."""
+    """A small k samples tf.math.top_k's values directly; k = 1 is greedy."""
     probs = np.zeros((9, 9))
     probs[EOS] = [0, 0, 0, 0.02, 0.3, 0.25, 0.2, 0.15, 0.08]
     model = BigramModel(probs)
@@ -213,6 +212,48 @@ def test_top_k_membership_ranks_as_tf_math_top_k():
         expected = np.array([np.isin(t, row) for t, row in zip(tokens, top.numpy())])
         got = in_top_k(tf.constant(logits), tf.constant(tokens), tf.fill([6], k)).numpy()
         np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("kind", ["flat", "peaked", "strided", "ties"])
+def test_a_large_k_samples_the_renormalised_k_most_likely(kind):
+    """k = 300 of 2,000 (over direct_k): draws from the tokens at or above the guessed
+    threshold; "strided" puts the largest logits on every 16th token, so the guess (from
+    every 16th logit) is too high and the rows fall back to tf.math.top_k; "ties" puts
+    ties across the k-th place, settled by id. Support exactly the 300, frequencies by
+    chi-square, and one strategy with a single draw (more rows fall back) the same."""
+    rng = np.random.default_rng(3)
+    if kind == "strided":
+        logits = np.where(np.arange(2_000) % 16 == 0, 3.0, 0.0) + rng.normal(0, 0.3, 2_000)
+    else:
+        logits = _rows(kind, 1, 2_000, rng)[0]
+    logits = logits.astype(np.float32)
+    k, n = 300, 6_000
+    strategy = get_strategy("top_k")
+    assert k > strategy.direct_k
+    top = tf.math.top_k(logits, k=k).indices.numpy()
+    probs = np.exp(logits[top].astype(np.float64) - logits[top].max())
+    u = row_uniform(tf.range(n, dtype=tf.int64), tf.constant(0))
+    one_draw = get_strategy("top_k")
+    one_draw.draws = 1
+    for s in (strategy, one_draw):
+        tokens = s.select(tf.constant(np.repeat(logits[None], n, axis=0)), Knobs.defaults(n, k=k), u).numpy()
+        counts = np.bincount(tokens, minlength=2_000)
+        assert set(np.flatnonzero(counts)) <= set(top)
+        assert stats.chisquare(counts[top], probs / probs.sum() * n)[1] > 0.001
+
+
+def test_surely_in_top_k_never_claims_a_token_outside():
+    logits = np.round(np.random.default_rng(13).normal(0, 1, (6, 500)), 1).astype(np.float32)  # many ties
+    tokens = np.random.default_rng(14).integers(0, 500, size=(6, 40)).astype(np.int32)
+    distinct = np.random.default_rng(15).normal(0, 1, (6, 500)).astype(np.float32)
+    for k in (1, 7, 40, 499):
+        for rows in (logits, distinct):
+            exact = in_top_k(tf.constant(rows), tf.constant(tokens), tf.fill([6], k)).numpy()
+            sure = np.stack([surely_in_top_k(tf.constant(rows), tf.constant(tokens[:, a]), tf.fill([6], k)).numpy()
+                             for a in range(40)], axis=1)
+            assert not (sure & ~exact).any()
+            if rows is distinct:
+                np.testing.assert_array_equal(sure, exact)  # without ties counting is exact
 
 
 @pytest.mark.parametrize("kind", ["flat", "peaked", "ties"])
@@ -377,10 +418,8 @@ def test_fast_strategies_agree_with_exact_references_token_for_token(name, knobs
     u = row_uniform(tf.range(n, dtype=tf.int64) * 7 + 1, tf.constant(3))
     got = get_strategy(name).select(tf.constant(logits), Knobs.defaults(n, **knobs), u).numpy()
     probs = tf.nn.softmax(logits).numpy()
-    numbers = [u]
-    for _ in range(max(get_strategy("top_p").draws, get_strategy("top_k").draws)):
-        numbers.append(next_uniform(numbers[-1]))
-    numbers = np.stack([x.numpy() for x in numbers], axis=1)
+    count = max(get_strategy("top_p").draws, get_strategy("top_k").draws)
+    numbers = np.concatenate([u.numpy()[:, None], next_uniforms(u, count).numpy()], axis=1)
     skipped = 0
     for row, prob, uu, token in zip(logits, probs, numbers, got):
         if name == "top_k":
@@ -398,21 +437,25 @@ def test_fast_strategies_agree_with_exact_references_token_for_token(name, knobs
 
 def _top_k_ref(logits, prob, k, numbers):
     """top_k's token for one row (float64) and the smallest margin on the way, as a cdf
-    gap: a row whose k x p_max reaches 1/2 keeps the first of its draws from the whole
-    distribution that is among the k largest logits (ties: the lower id first), else
-    samples the k largest in order of probability, at the first number (a row that drew
-    nothing) or at the one after its draws."""
+    gap. k <= direct_k: the k largest logits (ties: the lower id first) sampled in order
+    of probability at the first number. A larger k: the guess g (the r-th largest of
+    every stride-th logit); when at least k logits are >= g, the first of the draws from
+    the probabilities of {logit >= g} that is among the k largest; else (or when every
+    draw misses) the k largest sampled at the number after the draws."""
     strategy = get_strategy("top_k")
     order = np.argsort(-logits, kind="stable")[:k]
-    hopeful = k * prob.max()
-    gaps = [abs(hopeful - strategy.hopeful) * 10]
-    at = numbers[0]
-    if hopeful >= strategy.hopeful:
-        for uu in numbers[:strategy.draws]:
-            j, gap = _inverse_cdf_ref(prob, uu)
-            gaps.append(gap)
-            if j in order:
-                return j, min(gaps)
+    at, gaps = numbers[0], []
+    if k > strategy.direct_k:
+        share = k / strategy.stride
+        sub = np.sort(logits[::strategy.stride])[::-1]
+        r = min(max(int(np.ceil(share + 3 * np.sqrt(share) + 2)), 1), len(sub))
+        inside = logits >= sub[r - 1]
+        if inside.sum() >= k:
+            for uu in numbers[:strategy.draws]:
+                j, gap = _inverse_cdf_ref(np.where(inside, prob, 0.0), uu)
+                gaps.append(gap)
+                if j in order:
+                    return j, min(gaps)
         at = numbers[strategy.draws]
     j, gap = _inverse_cdf_ref(np.exp(logits[order] - logits[order[0]]), at)
     return order[j], min(gaps + [gap])
@@ -435,6 +478,25 @@ def _top_p_ref(prob, p, numbers):
             return j, min(gaps)
     j, gap = _inverse_cdf_ref(np.where(mask, prob, 0.0), numbers[draws])
     return j, min(gaps + [gap, margin * 5])
+
+
+def test_top_k_rows_with_small_and_large_k_sample_the_same_alone_as_together():
+    """One batch mixing k (tf.math.top_k's direct draw and the superset's rejection) and
+    rows of every kind, one of them falling back (largest logits on every 16th token)."""
+    rng = np.random.default_rng(17)
+    strided = np.where(np.arange(10_000) % 16 == 0, 3.0, 0.0) + rng.normal(0, 0.3, (1, 10_000))
+    logits = np.concatenate([_rows("flat", 3, 10_000, rng), _rows("peaked", 3, 10_000, rng),
+                             _rows("ties", 2, 10_000, rng), strided.astype(np.float32)])
+    n = len(logits)
+    knobs = Knobs.defaults(n)._replace(k=tf.constant([40, 1000, 10_000, 129, 1000, 3, 5000, 128, 1000], tf.int32))
+    u = row_uniform(tf.range(n, dtype=tf.int64), tf.constant(1))
+    strategy = get_strategy("top_k")
+    together = strategy.select(tf.constant(logits), knobs, u).numpy()
+    alone = [int(strategy.select(tf.constant(logits[i:i + 1]), Knobs(*[k[i:i + 1] for k in knobs]), u[i:i + 1])[0])
+             for i in range(n)]
+    assert together.tolist() == alone
+    for row, k, token in zip(logits, knobs.k.numpy(), together):
+        assert token in tf.math.top_k(row, k=int(k)).indices.numpy()
 
 
 @pytest.mark.parametrize("name", ["sample", "top_k", "top_p"])

@@ -32,15 +32,18 @@ def row_uniform(seed: tf.Tensor, step: tf.Tensor) -> tf.Tensor:
     return _unit(splitmix64(x + tf.cast(step, tf.uint64)))
 
 
-def next_uniform(u: tf.Tensor) -> tf.Tensor:
-    """float64 [B] uniform in (0, 1), a further draw of the streams that gave u [B] (one
-    more splitmix64 round of u's bits), for a strategy that needs a second number.
+def next_uniforms(u: tf.Tensor, count: int) -> tf.Tensor:
+    """float64 [B, count] uniform in (0, 1): further draws of the streams that gave u [B],
+    splitmix64's own stream seeded by u's bits (number j: the finalizer of bits + j x the
+    golden gamma), all in one pass, for a strategy that needs more numbers.
 
     Example:
-        >>> next_uniform(row_uniform(tf.constant([1], tf.int64), tf.constant(0))).numpy()
-        array([0.5778...])
+        >>> next_uniforms(row_uniform(tf.constant([1], tf.int64), tf.constant(0)), 2).numpy()
+        array([[0.5778..., 0.5561...]])
     """
-    return _unit(splitmix64(tf.bitcast(tf.cast(u, tf.float64), tf.uint64)))
+    steps = tf.cast(tf.range(count), tf.uint64) * tf.constant(_GOLDEN, tf.uint64)
+    bits = tf.bitcast(tf.cast(u, tf.float64), tf.uint64)[:, None] + steps[None, :]
+    return _unit(splitmix64(bits))
 
 
 def _unit(x: tf.Tensor) -> tf.Tensor:

@@ -13,7 +13,7 @@ import math
 
 import tensorflow as tf
 
-from serving.decoders.counter_rng import next_uniform
+from serving.decoders.counter_rng import next_uniforms
 
 FLAT_CDF_WIDTH = 256  # up to this many columns one cumsum is cheap; wider rows go by blocks
 
@@ -79,6 +79,19 @@ def in_top_k(logits, token, k) -> tf.Tensor:
     return tf.reduce_sum(tf.cast(before, tf.int32), axis=2) < k[:, None]
 
 
+def surely_in_top_k(logits, token, k) -> tf.Tensor:
+    """bool [N]: token [N] is among the k [N] largest of logits [N, V] because at most k
+    logits are >= its own (one pass; a token tied across the k-th place reads False,
+    where `in_top_k` decides by id).
+
+    Example:
+        >>> surely_in_top_k(tf.constant([[1.0, 3.0, 3.0, 2.0]]), tf.constant([2]), tf.constant([2]))
+        <tf.Tensor: shape=(1,), dtype=bool, numpy=array([ True])>
+    """
+    q = tf.gather(logits, token, batch_dims=1)[:, None]
+    return tf.reduce_sum(tf.cast(logits >= q, tf.int32), axis=1) <= k
+
+
 def _as_blocks(x, block: int):
     """[N, W] -> [N, ceil(W / block), block], zero-padded at the end."""
     pad = -tf.shape(x)[1] % block if x.shape[1] is None else -x.shape[1] % block
@@ -89,12 +102,10 @@ def _as_blocks(x, block: int):
 
 def draws(probs, u, count: int) -> tuple[tf.Tensor, tf.Tensor]:
     """count draws per row from the whole distribution probs [N, V]: tokens [N, count], by
-    inverse CDF at u [N], then at `next_uniform` of u, ...; and the number after them [N]
+    inverse CDF at u [N], then at `next_uniforms` of u; and the number after them [N]
     (for a row that has to draw once more)."""
-    numbers = [u]
-    for _ in range(count):
-        numbers.append(next_uniform(numbers[-1]))
-    return inverse_cdf(probs, tf.stack(numbers[:-1], axis=1)), numbers[-1]
+    numbers = tf.concat([u[:, None], next_uniforms(u, count)], axis=1)
+    return inverse_cdf(probs, numbers[:, :count]), numbers[:, count]
 
 
 def first_hit(tokens, hits) -> tuple[tf.Tensor, tf.Tensor]:
