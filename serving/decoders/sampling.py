@@ -18,34 +18,45 @@ from serving.decoders.counter_rng import next_uniforms
 FLAT_CDF_WIDTH = 256  # up to this many columns one cumsum is cheap; wider rows go by blocks
 
 
-def inverse_cdf(probs: tf.Tensor, u: tf.Tensor) -> tf.Tensor:
+def inverse_cdf(probs: tf.Tensor, u: tf.Tensor, narrow: bool = False) -> tf.Tensor:
     """Index j [N] (or [N, A]) with cdf[j-1] < u * total <= cdf[j] along probs [N, W]
     (>= 0, float32), for u [N] (or A numbers per row, [N, A]) in (0, 1); zero-probability
-    entries are never hit. Wide rows go in two levels: block sums, then the cumsum of the
-    one block that holds the target, so no full cumsum (a slow serial scan on CPU) is
-    taken, and more numbers per row cost only more of the second level.
+    entries are never hit. Rows of up to FLAT_CDF_WIDTH (or any width, with `narrow`, when
+    the caller knows it is small) take one cumsum; wider rows go in two levels: block
+    sums, then the cumsum of the one block that holds the target, so no full cumsum (a
+    slow serial scan on CPU) is taken, and more numbers per row cost only more of the
+    second level. Few graph nodes: at batch 1 each node's dispatch costs more than its
+    arithmetic.
 
     Example:
         >>> inverse_cdf(tf.constant([[0.5, 0.0, 0.5]]), tf.constant([0.7], tf.float64))
         <tf.Tensor: shape=(1,), dtype=int32, numpy=array([2], dtype=int32)>
     """
     if u.shape.rank == 1:
-        return inverse_cdf(probs, u[:, None])[:, 0]
+        return inverse_cdf(probs, u[:, None], narrow)[:, 0]
     width = probs.shape[1]
-    if width is not None and width <= FLAT_CDF_WIDTH:
+    if narrow or (width is not None and width <= FLAT_CDF_WIDTH):
         cdf = tf.cumsum(probs, axis=1)
         target = tf.cast(u, cdf.dtype) * cdf[:, -1:]
-        return tf.minimum(tf.searchsorted(cdf, target), tf.shape(probs)[1] - 1)
+        last = width - 1 if width is not None else tf.shape(probs)[1] - 1
+        return tf.minimum(_lower_bound(cdf, target), last)
     block = math.isqrt(width - 1) + 1 if width is not None else 128
     blocks = _as_blocks(probs, block)
     cdf = tf.cumsum(tf.reduce_sum(blocks, axis=2), axis=1)  # [N, blocks]
     target = tf.cast(u, cdf.dtype) * cdf[:, -1:]  # [N, A]
-    at = tf.minimum(tf.searchsorted(cdf, target), tf.shape(cdf)[1] - 1)
+    last = -(-width // block) - 1 if width is not None else tf.shape(cdf)[1] - 1
+    at = tf.minimum(_lower_bound(cdf, target), last)
     before = tf.gather(tf.pad(cdf, [[0, 0], [1, 0]]), at, batch_dims=1)  # < target
     inner = tf.cumsum(tf.gather(blocks, at, batch_dims=1), axis=2)  # [N, A, block]
     rest = tf.minimum(target - before, inner[:, :, -1])  # > 0, so a positive entry is hit
-    inside = tf.searchsorted(tf.reshape(inner, [-1, block]), tf.reshape(rest, [-1, 1]))
+    inside = _lower_bound(tf.reshape(inner, [-1, block]), tf.reshape(rest, [-1, 1]))
     return at * block + tf.minimum(tf.reshape(inside, tf.shape(at)), block - 1)
+
+
+def _lower_bound(sorted_rows, values):
+    """`tf.searchsorted(side="left")` of values [N, A] in each of sorted_rows [N, M], as
+    the one kernel it wraps (int32 [N, A])."""
+    return tf.raw_ops.LowerBound(sorted_inputs=sorted_rows, values=values, out_type=tf.int32)
 
 
 def in_nucleus(probs, token, p) -> tf.Tensor:
@@ -94,10 +105,12 @@ def surely_in_top_k(logits, token, k) -> tf.Tensor:
 
 def _as_blocks(x, block: int):
     """[N, W] -> [N, ceil(W / block), block], zero-padded at the end."""
-    pad = -tf.shape(x)[1] % block if x.shape[1] is None else -x.shape[1] % block
-    if not isinstance(pad, int) or pad:
-        x = tf.pad(x, [[0, 0], [0, pad]])
-    return tf.reshape(x, [tf.shape(x)[0], -1, block])
+    width = x.shape[1]
+    if width is None:
+        x = tf.pad(x, [[0, 0], [0, -tf.shape(x)[1] % block]])
+    elif width % block:
+        x = tf.pad(x, [[0, 0], [0, -width % block]])
+    return tf.reshape(x, [-1, -(-width // block) if width is not None else tf.shape(x)[1] // block, block])
 
 
 def draws(probs, u, count: int) -> tuple[tf.Tensor, tf.Tensor]:

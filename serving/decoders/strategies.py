@@ -94,20 +94,22 @@ class TopK:
         return tf.cond(tf.reduce_any(large),
                        lambda: tf.cond(tf.reduce_all(large), lambda: self._superset_call(logits, k, u),
                                        lambda: self._by_size(logits, k, u, large)),
-                       lambda: self.top_k_draw(logits, k, u))
+                       lambda: self.top_k_draw(logits, k, u, narrow=True))
 
     def _by_size(self, logits, k, u, large) -> tf.Tensor:
         """token [B] of a batch that mixes small and large k: each row by its own path."""
-        token = update_rows(self.top_k_draw, tf.zeros_like(k), tf.where(~large)[:, 0], logits, k, u)
+        direct = functools.partial(self.top_k_draw, narrow=True)
+        token = update_rows(direct, tf.zeros_like(k), tf.where(~large)[:, 0], logits, k, u)
         return update_rows(self._superset_call, token, tf.where(large)[:, 0], logits, k, u)
 
-    def top_k_draw(self, logits, k, u) -> tf.Tensor:
+    def top_k_draw(self, logits, k, u, narrow: bool = False) -> tf.Tensor:
         """token [N]: the inverse CDF at u [N] of the softmax of each row's k [N] largest
-        logits [N, V], in order of probability."""
+        logits [N, V], in order of probability (`narrow`: every k is at most `direct_k`,
+        so one cumsum)."""
         values, indices = tf.math.top_k(logits, k=tf.reduce_max(k))
         keep = tf.range(tf.shape(values)[1])[None, :] < k[:, None]
         probs = tf.where(keep, tf.nn.softmax(values), 0.0)
-        return tf.gather(indices, inverse_cdf(probs, u), batch_dims=1)
+        return tf.gather(indices, inverse_cdf(probs, u, narrow), batch_dims=1)
 
     def guess(self, logits, k) -> tf.Tensor:
         """g [N]: the r-th largest of every `stride`-th logit of logits [N, V], for k [N];
