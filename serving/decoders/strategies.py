@@ -15,10 +15,11 @@ from it), sample by inverse CDF (`sampling`), and so are deterministic given the
              that lands in the set kept (exact rejection sampling), else a draw from the
              set itself
 
-Only top-k with a small k sorts anything (its k values); the rest is a softmax and a few
-passes over the [N, V] probabilities (block sums, membership tests of the draws, and for
-top-p's rare row whose draws all miss one weighted histogram, `nucleus_threshold`),
-whatever the nucleus size (see each class; bench/generate.py times them against greedy).
+Only top-k sorts anything (a small k its k values, a large k the largest of a 1/16
+sample); the rest is a softmax and a few passes over the [N, V] probabilities (block
+sums, membership tests of the draws, and for top-p's rare row whose draws all miss one
+weighted histogram, `nucleus_threshold`), whatever the nucleus size (see each class;
+bench/generate.py times them against greedy).
 
 Example:
     >>> get_strategy("top_k").select(logits, knobs, u)   # int32 [B]
@@ -73,12 +74,13 @@ class TopK:
     it) is a guess g at or below the k-th largest; the row draws `draws` tokens from its
     softmax restricted to {logit >= g} and keeps the first that is among its k largest.
     The first draw is settled by one pass of counts (`surely_in_top_k`); only the rows
-    it does not settle draw on and test by `in_top_k` (ties by id). When {logit >= g} holds at least k tokens it holds the k largest, so the
-    kept draw is an exact draw from them; each draw lands with probability at least
-    k / |{logit >= g}| (~0.7 on a flat row, ~1 on a peaked one). A row whose guess was too
-    high (fewer than k tokens at or above it) or whose draws all miss takes `top_k_draw`
-    at the number after its draws. So every row's token depends on its own logits, k and
-    numbers only, whichever rows share its batch.
+    it does not settle draw on and test by `in_top_k` (ties by id). When {logit >= g}
+    holds at least k tokens it holds the k largest, so the kept draw is an exact draw
+    from them; each draw lands with probability at least k / |{logit >= g}| (~0.7 on a
+    flat row, ~1 on a peaked one). A row whose guess was too high (fewer than k tokens at
+    or above it) or whose draws all miss takes `top_k_draw` at the number after its
+    draws. So every row's token depends on its own logits, k and numbers only, whichever
+    rows share its batch.
     """
 
     name = "top_k"
