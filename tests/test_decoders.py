@@ -217,18 +217,18 @@ def test_top_k_membership_ranks_as_tf_math_top_k():
 @pytest.mark.parametrize("kind", ["flat", "peaked", "strided", "ties"])
 def test_a_large_k_samples_the_renormalised_k_most_likely(kind):
     """k = 300 of 2,000 (over direct_k): draws from the tokens at or above the guessed
-    threshold; "strided" puts the largest logits on every 16th token, so the guess (from
-    every 16th logit) is too high and the rows fall back to tf.math.top_k; "ties" puts
+    threshold; "strided" puts the largest logits on the tokens the guess samples (every
+    stride-th), so it is too high and the rows fall back to tf.math.top_k; "ties" puts
     ties across the k-th place, settled by id. Support exactly the 300, frequencies by
     chi-square, and one strategy with a single draw (more rows fall back) the same."""
     rng = np.random.default_rng(3)
+    strategy = get_strategy("top_k")
     if kind == "strided":
-        logits = np.where(np.arange(2_000) % 16 == 0, 3.0, 0.0) + rng.normal(0, 0.3, 2_000)
+        logits = np.where(np.arange(2_000) % strategy.stride == 0, 3.0, 0.0) + rng.normal(0, 0.3, 2_000)
     else:
         logits = _rows(kind, 1, 2_000, rng)[0]
     logits = logits.astype(np.float32)
     k, n = 300, 6_000
-    strategy = get_strategy("top_k")
     assert k > strategy.direct_k
     top = tf.math.top_k(logits, k=k).indices.numpy()
     probs = np.exp(logits[top].astype(np.float64) - logits[top].max())
@@ -482,9 +482,10 @@ def _top_p_ref(prob, p, numbers):
 
 def test_top_k_rows_with_small_and_large_k_sample_the_same_alone_as_together():
     """One batch mixing k (tf.math.top_k's direct draw and the superset's rejection) and
-    rows of every kind, one of them falling back (largest logits on every 16th token)."""
+    rows of every kind, one of them falling back (its largest logits where the guess samples)."""
     rng = np.random.default_rng(17)
-    strided = np.where(np.arange(10_000) % 16 == 0, 3.0, 0.0) + rng.normal(0, 0.3, (1, 10_000))
+    sampled = np.arange(10_000) % get_strategy("top_k").stride == 0
+    strided = np.where(sampled, 3.0, 0.0) + rng.normal(0, 0.3, (1, 10_000))
     logits = np.concatenate([_rows("flat", 3, 10_000, rng), _rows("peaked", 3, 10_000, rng),
                              _rows("ties", 2, 10_000, rng), strided.astype(np.float32)])
     n = len(logits)
