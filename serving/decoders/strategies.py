@@ -76,7 +76,7 @@ class TopK:
     The first draw is settled by one pass of counts (`surely_in_top_k`); only the rows
     it does not settle draw on and test by `in_top_k` (ties by id). When {logit >= g}
     holds at least k tokens it holds the k largest, so the kept draw is an exact draw
-    from them; each draw lands with probability at least k / |{logit >= g}| (~0.7 on a
+    from them; each draw lands with probability at least k / |{logit >= g}| (~0.6 on a
     flat row, ~1 on a peaked one). A row whose guess was too high (fewer than k tokens at
     or above it) or whose draws all miss takes `top_k_draw` at the number after its
     draws. So every row's token depends on its own logits, k and numbers only, whichever
