@@ -242,6 +242,25 @@ def test_a_large_k_samples_the_renormalised_k_most_likely(kind):
         assert stats.chisquare(counts[top], probs / probs.sum() * n)[1] > 0.001
 
 
+def test_a_large_k_never_picks_a_banned_token_even_beyond_the_allowed_count():
+    """Bans leave -inf logits (`logits_processors`); with ~400 tokens allowed a row, k of
+    200, 1,000 and the whole vocabulary (the top k then holds banned tokens) draws only
+    allowed ones; and a vocabulary smaller than k x stride (200 tokens, k = 150)."""
+    rng = np.random.default_rng(19)
+    n, vocab = 256, 10_000
+    allowed = rng.random((n, vocab)) < 0.04
+    logits = np.where(allowed, rng.normal(0, 1, (n, vocab)), -np.inf).astype(np.float32)
+    u = row_uniform(tf.range(n, dtype=tf.int64), tf.constant(0))
+    strategy = get_strategy("top_k")
+    for k in (200, 1_000, vocab):
+        tokens = strategy.select(tf.constant(logits), Knobs.defaults(n, k=k), u).numpy()
+        assert allowed[np.arange(n), tokens].all()
+    small = rng.normal(0, 1, (n, 200)).astype(np.float32)
+    tokens = strategy.select(tf.constant(small), Knobs.defaults(n, k=150), u).numpy()
+    top = tf.math.top_k(small, k=150).indices.numpy()
+    assert all(t in row for t, row in zip(tokens, top))
+
+
 def test_surely_in_top_k_never_claims_a_token_outside():
     logits = np.round(np.random.default_rng(13).normal(0, 1, (6, 500)), 1).astype(np.float32)  # many ties
     tokens = np.random.default_rng(14).integers(0, 500, size=(6, 40)).astype(np.int32)
