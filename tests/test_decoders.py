@@ -224,10 +224,9 @@ def test_a_large_k_samples_the_renormalised_k_most_likely(kind):
     rng = np.random.default_rng(3)
     strategy = get_strategy("top_k")
     if kind == "strided":
-        logits = np.where(np.arange(2_000) % strategy.stride == 0, 3.0, 0.0) + rng.normal(0, 0.3, 2_000)
+        logits = _guess_too_high(1, 2_000, rng)[0]
     else:
         logits = _rows(kind, 1, 2_000, rng)[0]
-    logits = logits.astype(np.float32)
     k, n = 300, 6_000
     assert k > strategy.direct_k
     top = tf.math.top_k(logits, k=k).indices.numpy()
@@ -377,6 +376,13 @@ def _inverse_cdf_ref(weights, u):
     return min(j, len(cdf) - 1), gaps.min()
 
 
+def _guess_too_high(n, vocab, rng):
+    """Rows whose largest logits sit on the tokens top_k's guess samples (every stride-th),
+    so the guess lands above the k-th largest and the rows fall back to tf.math.top_k."""
+    sampled = np.arange(vocab) % get_strategy("top_k").stride == 0
+    return (np.where(sampled, 3.0, 0.0) + rng.normal(0, 0.3, (n, vocab))).astype(np.float32)
+
+
 def _rows(kind, n, vocab, rng):
     if kind == "flat":  # random weights: all tokens within ~0.1 nats
         logits = rng.normal(0, 0.0117, (n, vocab))
@@ -503,10 +509,9 @@ def test_top_k_rows_with_small_and_large_k_sample_the_same_alone_as_together():
     """One batch mixing k (tf.math.top_k's direct draw and the superset's rejection) and
     rows of every kind, one of them falling back (its largest logits where the guess samples)."""
     rng = np.random.default_rng(17)
-    sampled = np.arange(10_000) % get_strategy("top_k").stride == 0
-    strided = np.where(sampled, 3.0, 0.0) + rng.normal(0, 0.3, (1, 10_000))
+    strided = _guess_too_high(1, 10_000, rng)
     logits = np.concatenate([_rows("flat", 3, 10_000, rng), _rows("peaked", 3, 10_000, rng),
-                             _rows("ties", 2, 10_000, rng), strided.astype(np.float32)])
+                             _rows("ties", 2, 10_000, rng), strided])
     n = len(logits)
     knobs = Knobs.defaults(n)._replace(k=tf.constant([40, 1000, 10_000, 129, 1000, 3, 5000, 128, 1000], tf.int32))
     u = row_uniform(tf.range(n, dtype=tf.int64), tf.constant(1))

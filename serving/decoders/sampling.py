@@ -38,19 +38,22 @@ def inverse_cdf(probs: tf.Tensor, u: tf.Tensor, narrow: bool = False) -> tf.Tens
     if narrow or (width is not None and width <= FLAT_CDF_WIDTH):
         cdf = tf.cumsum(probs, axis=1)
         target = tf.cast(u, cdf.dtype) * cdf[:, -1:]
-        last = width - 1 if width is not None else tf.shape(probs)[1] - 1
-        return tf.minimum(_lower_bound(cdf, target), last)
+        return tf.minimum(_lower_bound(cdf, target), _last_column(cdf))
     block = math.isqrt(width - 1) + 1 if width is not None else 128
     blocks = _as_blocks(probs, block)
     cdf = tf.cumsum(tf.reduce_sum(blocks, axis=2), axis=1)  # [N, blocks]
     target = tf.cast(u, cdf.dtype) * cdf[:, -1:]  # [N, A]
-    last = -(-width // block) - 1 if width is not None else tf.shape(cdf)[1] - 1
-    at = tf.minimum(_lower_bound(cdf, target), last)
+    at = tf.minimum(_lower_bound(cdf, target), _last_column(cdf))
     before = tf.gather(tf.pad(cdf, [[0, 0], [1, 0]]), at, batch_dims=1)  # < target
     inner = tf.cumsum(tf.gather(blocks, at, batch_dims=1), axis=2)  # [N, A, block]
     rest = tf.minimum(target - before, inner[:, :, -1])  # > 0, so a positive entry is hit
     inside = _lower_bound(tf.reshape(inner, [-1, block]), tf.reshape(rest, [-1, 1]))
     return at * block + tf.minimum(tf.reshape(inside, tf.shape(at)), block - 1)
+
+
+def _last_column(x):
+    """The index of x's last column [N, W]: a constant when W is static."""
+    return x.shape[1] - 1 if x.shape[1] is not None else tf.shape(x)[1] - 1
 
 
 def _lower_bound(sorted_rows, values):

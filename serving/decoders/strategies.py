@@ -160,7 +160,7 @@ class TopP(NucleusThreshold):
     """Nucleus sampling (the nucleus, and its threshold tau: `NucleusThreshold`).
 
     A row draws `draws` tokens from the whole distribution (inverse CDF at u, then at
-    `next_uniform` of u, ...) and keeps the first inside its nucleus (`in_nucleus`: one
+    `next_uniforms` of u) and keeps the first inside its nucleus (`in_nucleus`: one
     pass); conditioned on landing inside, a draw from the whole distribution is a draw
     from the nucleus, so this is exact, and a nucleus of mass m >= p is hit with
     probability 1 - (1 - m)**draws (p = 0.9, 2 draws: 99%). A row that misses every
