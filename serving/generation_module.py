@@ -147,10 +147,11 @@ class GenerationModule(StreamSignatures, tf.Module):
         """[B] strings -> (ids [B, P] int32 with a leading <eos>, lengths [B]); a prompt of
         more than `max_prompt_tokens` tokens fails (`what` names it in the message)."""
         ids = self.tokenizer.tokenize(prompts)
-        with tf.control_dependencies([self._check_length(ids.row_lengths(), what)]):
-            start = tf.fill([tf.shape(prompts)[0], 1], tf.constant(EOS_ID, tf.int64))
-        ids = tf.concat([start, ids], axis=1)
-        return tf.cast(ids.to_tensor(0), tf.int32), tf.cast(ids.row_lengths(), tf.int32)
+        lengths = tf.cast(ids.row_lengths(), tf.int32)
+        with tf.control_dependencies([self._check_length(lengths, what)]):
+            dense = tf.cast(ids.to_tensor(0), tf.int32)  # dense before the <eos>: a ragged concat is dozens of ops
+        start = tf.fill([tf.shape(prompts)[0], 1], EOS_ID)
+        return tf.concat([start, dense], axis=1), lengths + 1
 
     def _check_length(self, lengths, what: str):
         """Asserts every row of `lengths` [B] is within `max_prompt_tokens`."""
@@ -163,10 +164,9 @@ class GenerationModule(StreamSignatures, tf.Module):
         return tf.debugging.Assert(longest <= self.max_prompt_tokens, [message])
 
     def _texts(self, token_ids, lengths):
-        mask = tf.sequence_mask(lengths, tf.shape(token_ids)[-1])
+        """ids [..., T] with lengths [...] -> the texts [...] of each row's first `lengths` ids."""
         flat_ids = tf.reshape(token_ids, [-1, tf.shape(token_ids)[-1]])
-        flat_mask = tf.reshape(mask, tf.shape(flat_ids))
-        texts = self.tokenizer.detokenize(tf.ragged.boolean_mask(flat_ids, flat_mask))
+        texts = self.tokenizer.detokenize(flat_ids, tf.reshape(lengths, [-1]))
         return tf.reshape(texts, tf.shape(lengths))
 
     def _checks(self, batch, knobs: Knobs, names) -> list[tf.Operation]:
