@@ -116,15 +116,29 @@ class RecurrentLayer(keras.layers.Layer):
             outputs = tf.where(mask_tm[:, :, None], outputs, tf.zeros_like(outputs))
         return tf.transpose(outputs, [1, 0, 2]), final
 
-    def step(self, x, states):
+    def step(self, x, states, weights=None):
         """One time step without the sequence machinery (for decoding, no dropout):
-        x [B, D] -> (output [B, H], new states)."""
+        x [B, D] -> (output [B, H], new states). `weights`: this layer's `step_weights()`,
+        read once before a graph loop that steps many times (by default read here).
+
+        Example:
+            >>> out, (h, c) = layer.step(tf.zeros([2, 3]), layer.get_initial_state(2))
+        """
+        kernel, recurrent_kernel, bias = self.step_weights() if weights is None else weights
         x = tf.cast(x, self.compute_dtype)
         states = [tf.cast(s, tf.float32) for s in states]
-        u = tf.cast(tf.convert_to_tensor(self.recurrent_kernel), x.dtype)
-        xw = tf.matmul(x, tf.cast(self.kernel, x.dtype)) + tf.cast(self.bias, x.dtype)
-        z = tf.cast(xw, tf.float32) + tf.cast(tf.matmul(tf.cast(states[0], u.dtype), u), tf.float32)
+        xw = tf.matmul(x, kernel) + bias
+        z = tf.cast(xw, tf.float32) + tf.cast(tf.matmul(tf.cast(states[0], recurrent_kernel.dtype),
+                                                        recurrent_kernel), tf.float32)
         return self._cell(z, states)
+
+    def step_weights(self) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """(kernel [D, gates*H], recurrent kernel [H, gates*H], bias [gates*H]) read as
+        tensors in the compute dtype, for `step`: read before a graph loop, they are read
+        once, not once per iteration (each read is a node the executor runs)."""
+        dtype = self.compute_dtype
+        return (tf.cast(self.kernel, dtype), tf.cast(tf.convert_to_tensor(self.recurrent_kernel), dtype),
+                tf.cast(self.bias, dtype))
 
     @abc.abstractmethod
     def _cell(self, z, states):
