@@ -55,6 +55,7 @@ class SessionModel:
             logger.setLevel(level)
         self.signature_defs = {name: sig for name, sig in self.meta_graph.signature_def.items()
                                if name != INIT_OP_SIGNATURE}
+        self._callables = {}  # signature -> (output names, Session callable)
 
     def input_dtypes(self, signature: str) -> dict[str, tf.DType]:
         """Input name -> dtype of one signature, as its SignatureDef declares them."""
@@ -77,8 +78,24 @@ class SessionModel:
         with np.errstate(over="ignore"):  # 1e39 as float32 is inf, which the graph refuses
             feed = {info.name: np.asarray(inputs[name], dtype=tf.as_dtype(info.dtype).as_numpy_dtype)
                     for name, info in sig.inputs.items()}
-        fetches = {name: info.name for name, info in sig.outputs.items()}
-        return self.session.run(fetches, feed_dict=feed)
+        outputs, run = self._callable(signature)
+        return dict(zip(outputs, run(*(feed[sig.inputs[name].name] for name in sorted(sig.inputs)))))
+
+    def _callable(self, signature: str):
+        """(output names, a callable of the inputs in sorted order): `Session.make_callable`
+        on the SignatureDef's tensor names, made once per signature. The same Session and
+        executors as `Session.run`, without rebuilding its feed and fetch handling for each
+        request (measured: that handling took as long as the graph's own run of
+        `stream_start` in a busy server)."""
+        made = self._callables.get(signature)
+        if made is None:
+            sig = self._signature(signature)
+            outputs = sorted(sig.outputs)
+            with self.graph.as_default():
+                run = self.session.make_callable([sig.outputs[name].name for name in outputs],
+                                                 [sig.inputs[name].name for name in sorted(sig.inputs)])
+            made = self._callables[signature] = (outputs, run)
+        return made
 
     def close(self) -> None:
         """Closes the Session (its variables' memory is freed)."""
