@@ -120,7 +120,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--budget", type=int, default=65_536, help="serve.compute_budget of the server")
     parser.add_argument("--part", choices=["all", "memory", "load"], default="all")
-    parser.add_argument("--batch-timeout-micros", type=int, default=10_000, help="load: serve.batching's timeout")
+    parser.add_argument("--batch-timeout-micros", type=int, nargs="+", default=[10_000, 40_000],
+                        help="load: serve.batching's timeouts, one batching-on run each")
     parser.add_argument("--batch-threads", type=int, default=1, help="load: serve.batching.num_batch_threads")
     parser.add_argument("--max-batch-size", type=int, default=16, help="load: serve.batching.max_batch_size")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64], help="load: client counts")

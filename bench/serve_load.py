@@ -1,5 +1,5 @@
 """The load part of bench/serve.py: concurrent clients against `lmpipe serve`, batching off
-and on, over REST and gRPC, in one run; and the time to the first streamed token over
+and on (once per `--batch-timeout-micros`), over REST and gRPC, in one run; and the time to the first streamed token over
 SSE (`:generate_stream`) and over gRPC (Predict on `stream_start`, as on TF Serving),
 each against one token's time: a lone 64-token request's latency on the same API / 64.
 
@@ -114,59 +114,70 @@ def grpc_stream_start(port: int, repeats: int = 10) -> float:
     return statistics.median(seconds[1:])
 
 
-def run_load(start_server, timeout_micros: int = 10_000, threads: int = 1, clients_list=CLIENTS,
+def run_load(start_server, timeouts_micros=(10_000,), threads: int = 1, clients_list=CLIENTS,
              apis=("rest", "grpc"), max_batch: int = 16) -> None:
+    """Batching off, then on at each of `timeouts_micros` (a batch waits that long to fill:
+    the 16 closed-loop clients of this process reach the batcher spread over ~10-20 ms on 2
+    cores, so a shorter timeout splits them into batches that run one after another)."""
     print(f"\nload: one-prompt greedy requests for {TOKENS} tokens; tokens/s, p50 / p99 latency (ms); "
-          f"batching: max_batch_size {max_batch}, batch_timeout_micros {timeout_micros}, num_batch_threads {threads}")
+          f"batching: max_batch_size {max_batch}, batch_timeout_micros {', '.join(map(str, timeouts_micros))}, "
+          f"num_batch_threads {threads}")
     results = {}
-    for batching in (False, True):
-        server, url = start_server(*(batching_flags(timeout_micros, threads, max_batch) if batching else ()))
+    for timeout in (None, *timeouts_micros):
+        server, url = start_server(*(batching_flags(timeout, threads, max_batch) if timeout is not None else ()))
         try:
             addresses = {"rest": url.split("/v1/")[0], "grpc": f"grpc://127.0.0.1:{server.grpc_port}"}
-            if not batching:
-                print(f"  streaming, batching off; one token's time = a lone {TOKENS}-token greedy request's "
-                      f"latency / {TOKENS} (median of 10), on the same API of the same server, measured just before:")
-                rest, grpc_client = connect(addresses["rest"], "lm"), connect(addresses["grpc"], "lm")
-                knobs = {"max_new_tokens": TOKENS, "min_new_tokens": TOKENS}
-                for door, client, events in [
-                        ("SSE :generate_stream", rest, lambda: rest.stream_sse(["w1 w2 w3"], "greedy", **knobs)),
-                        ("gRPC stream_start/next", grpc_client,
-                         lambda: grpc_client.stream(["w1 w2 w3"], "greedy", **knobs))]:
-                    drive(lambda: client, 1, 3)
-                    lone = drive(lambda: client, 1, 10)["p50"]
-                    ttft = first_token(events)
-                    line = (f"    {door:22s} first token {ttft['first'] * 1e3:5.2f} ms = "
-                            f"{ttft['first'] / (lone / TOKENS):4.2f}x one token's time ({lone / TOKENS * 1e3:.3f} ms; "
-                            f"lone request {lone * 1e3:.1f} ms); the whole stream {ttft['whole'] * 1e3:.0f} ms = "
-                            f"{ttft['whole'] / lone:.2f}x the lone request")
-                    if door.startswith("gRPC"):
-                        bare = grpc_stream_start(server.grpc_port)
-                        line += (f"\n    {'gRPC Predict stream_start':22s} first token {bare * 1e3:5.2f} ms = "
-                                 f"{bare / (lone / TOKENS):4.2f}x (PredictionServiceStub, one call, as on TF Serving)")
-                    print(line)
+            if timeout is None:
+                first_tokens(server, addresses)
             for api, address in [(a, addresses[a]) for a in apis]:
                 def make_client(address=address):
                     return connect(address, "lm")
                 drive(make_client, 4, 4)  # warm-up: graph runs of several batch sizes
                 lone = drive(make_client, 1, 10)["p50"]
+                results[timeout, api, "lone"] = lone
                 for clients in clients_list:
                     rows, runs = batch_rows(addresses["rest"])
                     figures = drive(make_client, clients, max(4, 96 // clients))
                     rows, runs = (a - b for a, b in zip(batch_rows(addresses["rest"]), (rows, runs)))
-                    results[batching, api, clients] = figures
-                    print(f"  batching {'on ' if batching else 'off'} {api:4s} {clients:3d} clients: "
+                    results[timeout, api, clients] = figures
+                    setting = "off         " if timeout is None else f"on {timeout / 1000:5.1f} ms"
+                    print(f"  batching {setting} {api:4s} {clients:3d} clients: "
                           f"{figures['tokens_per_s']:8,.0f} tokens/s   p50 {figures['p50'] * 1e3:7.1f}   "
                           f"p99 {figures['p99'] * 1e3:7.1f}   p50 / lone {figures['p50'] / lone:5.2f}x "
                           f"(lone {lone * 1e3:.1f} ms; {rows / max(runs, 1):4.1f} rows per graph run)")
-                    results[batching, api, "lone"] = lone
         finally:
             server.terminate()
             server.wait(timeout=60)
-    for api in apis:
-        if (True, api, 16) not in results:
-            continue
-        on, off = results[True, api, 16], results[False, api, 16]
-        print(f"  {api} at 16 clients: batching on gives {on['tokens_per_s'] / off['tokens_per_s']:.2f}x "
-              f"the tokens/s of batching off; its p50 is {on['p50'] / results[True, api, 'lone']:.2f}x a lone "
-              f"request on the same server ({on['p50'] / results[False, api, 'lone']:.2f}x a lone request "
-              f"with batching off, which does not wait batch_timeout_micros)")
+    for timeout in timeouts_micros:
+        for api in apis:
+            if (timeout, api, 16) not in results:
+                continue
+            on, off = results[timeout, api, 16], results[None, api, 16]
+            print(f"  {api} at 16 clients, timeout {timeout / 1000:.1f} ms: batching on gives "
+                  f"{on['tokens_per_s'] / off['tokens_per_s']:.2f}x the tokens/s of batching off; its p50 is "
+                  f"{on['p50'] / results[timeout, api, 'lone']:.2f}x a lone request on the same server "
+                  f"({on['p50'] / results[None, api, 'lone']:.2f}x a lone request with batching off, which does "
+                  f"not wait batch_timeout_micros)")
+
+
+def first_tokens(server, addresses: dict) -> None:
+    """Prints the first streamed token's time over SSE and over gRPC against one token's time."""
+    print(f"  streaming, batching off; one token's time = a lone {TOKENS}-token greedy request's "
+          f"latency / {TOKENS} (median of 10), on the same API of the same server, measured just before:")
+    rest, grpc_client = connect(addresses["rest"], "lm"), connect(addresses["grpc"], "lm")
+    knobs = {"max_new_tokens": TOKENS, "min_new_tokens": TOKENS}
+    for door, client, events in [
+            ("SSE :generate_stream", rest, lambda: rest.stream_sse(["w1 w2 w3"], "greedy", **knobs)),
+            ("gRPC stream_start/next", grpc_client, lambda: grpc_client.stream(["w1 w2 w3"], "greedy", **knobs))]:
+        drive(lambda: client, 1, 3)
+        lone = drive(lambda: client, 1, 10)["p50"]
+        ttft = first_token(events)
+        line = (f"    {door:22s} first token {ttft['first'] * 1e3:5.2f} ms = "
+                f"{ttft['first'] / (lone / TOKENS):4.2f}x one token's time ({lone / TOKENS * 1e3:.3f} ms; "
+                f"lone request {lone * 1e3:.1f} ms); the whole stream {ttft['whole'] * 1e3:.0f} ms = "
+                f"{ttft['whole'] / lone:.2f}x the lone request")
+        if door.startswith("gRPC"):
+            bare = grpc_stream_start(server.grpc_port)
+            line += (f"\n    {'gRPC Predict stream_start':22s} first token {bare * 1e3:5.2f} ms = "
+                     f"{bare / (lone / TOKENS):4.2f}x (PredictionServiceStub, one call, as on TF Serving)")
+        print(line)
