@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -233,6 +234,20 @@ def _session_model(root):
     if path not in _SESSIONS:
         _SESSIONS[path] = SessionModel(path)
     return _SESSIONS[path]
+
+
+def test_session_model_refuses_a_feed_of_the_wrong_shape_before_the_graph(trained):
+    """The Session's callable does not check feed shapes, so SessionModel checks each
+    against the SignatureDef (rank, and every fixed dimension) as Session.run did."""
+    root, _ = trained
+    model = _session_model(root)
+    knobs = {"max_new_tokens": [2], "min_new_tokens": [0], "repetition_penalty": [1.0], "no_repeat_ngram_size": [0]}
+    assert model.run("greedy", {"prompt": ["the"], **knobs})["lengths"].tolist() == [2]
+    with pytest.raises(ValueError, match=re.escape(
+            "Cannot feed value of shape (1, 2) for input 'prompt' of signature 'greedy', which has shape (None,)")):
+        model.run("greedy", {"prompt": [["the", "cat"]], **knobs})
+    with pytest.raises(ValueError, match=re.escape("input 'max_new_tokens' of signature 'greedy'")):
+        model.run("greedy", {"prompt": ["the"], **knobs, "max_new_tokens": 2})
 
 
 def test_a_prompt_over_max_prompt_tokens_is_refused_in_the_graph(trained):
