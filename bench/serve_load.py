@@ -1,7 +1,7 @@
 """The load part of bench/serve.py: concurrent clients against `lmpipe serve`, batching off
-and on (once per `--batch-timeout-micros`), over REST and gRPC, in one run; and the time to the first streamed token over
-SSE (`:generate_stream`) and over gRPC (Predict on `stream_start`, as on TF Serving),
-each against one token's time: a lone 64-token request's latency on the same API / 64.
+and on (once per `--batch-timeout-micros`), over REST and gRPC, in one run; and the time
+to the first streamed token over SSE (`:generate_stream`) and over gRPC (Predict on
+`stream_start`, as on TF Serving), each against one token's time: a lone 64-token request's latency on the same API / 64.
 
 Each of 1, 4, 16 and 64 clients sends one-prompt greedy requests for exactly 64 new
 tokens (min = max), one after another; printed per configuration: tokens/s over the

@@ -154,8 +154,7 @@ class GenerationModule(StreamSignatures, tf.Module):
         return tf.concat([start, dense], axis=1), lengths + 1
 
     def _check_length(self, lengths, what: str):
-        """Asserts every row of `lengths` [B] is within `max_prompt_tokens`."""
-        lengths = tf.cast(lengths, tf.int32)
+        """Asserts every row of `lengths` [B] int32 is within `max_prompt_tokens`."""
         row = tf.argmax(lengths, output_type=tf.int32)
         longest = tf.reduce_max(tf.concat([lengths, [0]], 0))
         message = tf.strings.format(

@@ -25,6 +25,8 @@ Example:
 
 from __future__ import annotations
 
+from typing import Callable, NamedTuple
+
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2
@@ -58,7 +60,7 @@ class SessionModel:
             logger.setLevel(level)
         self.signature_defs = {name: sig for name, sig in self.meta_graph.signature_def.items()
                                if name != INIT_OP_SIGNATURE}
-        self._callables = {}  # signature -> (output names, Session callable)
+        self._callables: dict[str, _Callable] = {}
 
     def input_dtypes(self, signature: str) -> dict[str, tf.DType]:
         """Input name -> dtype of one signature, as its SignatureDef declares them."""
@@ -71,36 +73,41 @@ class SessionModel:
     def run(self, signature: str, inputs: dict) -> dict[str, np.ndarray]:
         """Feeds `inputs` (name -> array-like) by the SignatureDef's tensor names and fetches
         every output: name -> numpy array (strings as bytes). Raises KeyError for an
-        unknown signature, ValueError for missing or unknown inputs, and TensorFlow's
+        unknown signature, ValueError for missing or unknown inputs or a shape the SignatureDef
+        does not admit, and TensorFlow's
         errors (InvalidArgumentError for a failed check) as TF Serving would return them."""
         sig = self._signature(signature)
         missing, extra = sorted(set(sig.inputs) - set(inputs)), sorted(set(inputs) - set(sig.inputs))
         if missing or extra:
             raise ValueError(f"signature {signature!r} takes inputs {sorted(sig.inputs)}; "
                              f"missing {missing}, unknown {extra}")
+        call = self._callable(signature)
         with np.errstate(over="ignore"):  # 1e39 as float32 is inf, which the graph refuses
-            arrays = [np.asarray(inputs[name], dtype=tf.as_dtype(sig.inputs[name].dtype).as_numpy_dtype)
-                      for name in sorted(sig.inputs)]
-        for name, array in zip(sorted(sig.inputs), arrays):
-            _check_shape(signature, name, array, sig.inputs[name].tensor_shape)
-        outputs, run = self._callable(signature)
-        return dict(zip(outputs, run(*arrays)))
+            arrays = [np.asarray(inputs[name], dtype=dtype) for name, dtype, _ in call.inputs]
+        for (name, _, shape), array in zip(call.inputs, arrays):
+            if not shape.is_compatible_with(array.shape):  # the check Session.run made of a feed
+                raise ValueError(f"Cannot feed value of shape {array.shape} for input {name!r} of signature "
+                                 f"{signature!r}, which has shape {shape}")
+        return dict(zip(call.outputs, call.run(*arrays)))
 
-    def _callable(self, signature: str):
-        """(output names, a function of the inputs' arrays in sorted order): the Session's
-        own callable (C++ `Session::MakeCallable`) on the SignatureDef's tensor names, made
-        once per signature. The same Session, graph and executors as `Session::Run` by
-        name, so the same answers; what it saves is the per-request lookup of feeds and
-        fetches (Python's `Session.run` handling and the C++ executor lookup): measured,
-        `stream_start` in 1.55 ms instead of 2.03 (Intel Xeon, 2 cores, median of 300).
-        `tf.compat.v1.Session.make_callable` with feeds would only wrap `Session.run`."""
+    def _callable(self, signature: str) -> "_Callable":
+        """The signature's inputs (sorted: name, numpy dtype, declared shape), output names
+        and the Session's own callable (C++ `Session::MakeCallable`) on the SignatureDef's
+        tensor names, made once per signature. The same Session, graph and executors as
+        `Session::Run` by name, so the same answers; what it saves is the per-request lookup
+        of feeds and fetches (Python's `Session.run` handling and the C++ executor lookup):
+        measured, `stream_start` in 1.55 ms instead of 2.03 (Intel Xeon, 2 cores, median of
+        300). `tf.compat.v1.Session.make_callable` with feeds would only wrap `Session.run`."""
         made = self._callables.get(signature)
         if made is None:
             sig = self._signature(signature)
-            outputs = sorted(sig.outputs)
-            options = config_pb2.CallableOptions(feed=[sig.inputs[name].name for name in sorted(sig.inputs)],
+            names, outputs = sorted(sig.inputs), sorted(sig.outputs)
+            options = config_pb2.CallableOptions(feed=[sig.inputs[name].name for name in names],
                                                  fetch=[sig.outputs[name].name for name in outputs])
-            made = self._callables[signature] = (outputs, self.session._make_callable_from_options(options))
+            inputs = [(name, tf.as_dtype(sig.inputs[name].dtype).as_numpy_dtype,
+                       tf.TensorShape(sig.inputs[name].tensor_shape)) for name in names]
+            made = self._callables[signature] = _Callable(inputs, outputs,
+                                                          self.session._make_callable_from_options(options))
         return made
 
     def close(self) -> None:
@@ -114,12 +121,10 @@ class SessionModel:
         return self.signature_defs[name]
 
 
-def _check_shape(signature: str, name: str, array: np.ndarray, shape) -> None:
-    """ValueError unless `array` fits the SignatureDef's TensorShapeProto (its rank, and
-    every dimension that is not -1), as `Session.run` checks a feed."""
-    dims = [d.size for d in shape.dim]
-    if not shape.unknown_rank and (array.ndim != len(dims) or
-                                   any(d not in (-1, n) for d, n in zip(dims, array.shape))):
-        declared = "(" + ", ".join("None" if d == -1 else str(d) for d in dims) + ("," if len(dims) == 1 else "") + ")"
-        raise ValueError(f"Cannot feed value of shape {array.shape} for input {name!r} of signature "
-                         f"{signature!r}, which has shape {declared}")
+
+class _Callable(NamedTuple):
+    """One signature's way through the Session (`SessionModel._callable`)."""
+
+    inputs: list  # (name, numpy dtype, tf.TensorShape) per input, sorted by name
+    outputs: list  # output names, sorted
+    run: Callable  # the input arrays in that order -> the outputs' arrays

@@ -119,7 +119,7 @@ class RecurrentLayer(keras.layers.Layer):
     def step(self, x, states, weights=None):
         """One time step without the sequence machinery (for decoding, no dropout):
         x [B, D] -> (output [B, H], new states). `weights`: this layer's `step_weights()`,
-        read once before a graph loop that steps many times (by default read here).
+        read once for several steps (by default read here).
 
         Example:
             >>> out, (h, c) = layer.step(tf.zeros([2, 3]), layer.get_initial_state(2))
@@ -134,8 +134,9 @@ class RecurrentLayer(keras.layers.Layer):
 
     def step_weights(self) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """(kernel [D, gates*H], recurrent kernel [H, gates*H], bias [gates*H]) read as
-        tensors in the compute dtype, for `step`: read before a graph loop, they are read
-        once, not once per iteration (each read is a node the executor runs)."""
+        tensors in the compute dtype, for `step`: a graph loop that steps several times per
+        iteration reads them once at the top of its body (each read is a node the executor
+        runs; read outside the loop they would become loop variables, which cost more)."""
         dtype = self.compute_dtype
         return (tf.cast(self.kernel, dtype), tf.cast(tf.convert_to_tensor(self.recurrent_kernel), dtype),
                 tf.cast(self.bias, dtype))
