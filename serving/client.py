@@ -20,6 +20,10 @@ import numpy as np
 from serving.generation_module import SIGNATURE_KNOBS
 from serving.knobs import KNOB_SPECS
 
+# gRPC's default receive limit is 4 MiB and a value takes at least a byte: an answer's
+# shape may not ask for more values than that (a TensorProto fills a shape from its last).
+_MAX_RESPONSE_VALUES = 4 * 2**20
+
 
 class ServingError(RuntimeError):
     """The server answered with an error (its message included)."""
@@ -241,9 +245,12 @@ class GrpcServingClient(ServingClient):
         as arrays of the signature's dtype (`_cast_column`: a float for an int input is
         refused, not truncated): `tf.make_tensor_proto` checks a list value by value (2.5 ms
         for the list of a 1,900-float stream state, 0.05 ms for the array; 0.08 ms even for
-        a one-value knob, and a stream call sends ten)."""
+        a one-value knob, and a stream call sends ten), so numbers go through `to_proto`
+        (the same protos, field for field, in a fifth of the time)."""
         import tensorflow as tf
         from tensorflow_serving.apis import predict_pb2
+
+        from serving.tensor_proto import to_array, to_proto
 
         if not self._dtypes:
             self.metadata()
@@ -252,10 +259,12 @@ class GrpcServingClient(ServingClient):
         for name, values in columns.items():
             dtype = tf.as_dtype(dtypes[name]) if name in dtypes else None
             if dtype is not None and dtype != tf.string:
-                values = _cast_column(signature, name, np.asarray(values), dtype.as_numpy_dtype)
-            request.inputs[name].CopyFrom(tf.make_tensor_proto(values, dtype=dtype))
+                proto = to_proto(_cast_column(signature, name, np.asarray(values), dtype.as_numpy_dtype))
+            else:
+                proto = tf.make_tensor_proto(values, dtype=dtype)  # checks that text is text
+            request.inputs[name].CopyFrom(proto)
         response = self._rpc(self._prediction.Predict, request)
-        return {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
+        return {name: to_array(name, proto, _MAX_RESPONSE_VALUES) for name, proto in response.outputs.items()}
 
     def _spec(self, signature: str):
         from tensorflow_serving.apis import model_pb2

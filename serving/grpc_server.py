@@ -28,24 +28,34 @@ from tensorflow_serving.apis import (
 
 from serving.predictor import Predictor
 from serving.rest_api import BadRequest, ServingError, to_arrays
+from serving.tensor_proto import to_array, to_proto
 
 _AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
 
 
-def request_arrays(inputs, dtypes: dict[str, tf.DType], ranks: dict[str, int]) -> dict[str, np.ndarray]:
+def request_arrays(inputs, dtypes: dict[str, tf.DType], ranks: dict[str, int],
+                   max_elements: int) -> dict[str, np.ndarray]:
     """PredictRequest.inputs (name -> TensorProto) -> typed arrays, with REST's checks and
     messages; strings must be UTF-8. A numeric proto of the input's dtype stays the array
-    it decodes to (no round trip through a list: a stream state is ~2,000 floats)."""
+    it decodes to (no round trip through a list: a stream state is ~2,000 floats). An input
+    may hold at most `max_elements` values (`to_array`: a proto's shape is not its size)."""
     cols = {}
     for name, proto in inputs.items():
-        if name in dtypes and tf.as_dtype(proto.dtype) != dtypes[name]:
-            raise BadRequest(f"input {name!r} must be {dtypes[name].name}, got {tf.as_dtype(proto.dtype).name}")
-        value = tf.make_ndarray(proto)
+        if name in dtypes and proto.dtype != dtypes[name].as_datatype_enum:
+            raise BadRequest(f"input {name!r} must be {dtypes[name].name}, got {_dtype_name(proto.dtype)}")
+        value = to_array(name, proto, max_elements)
         if value.ndim != ranks.get(name, 1):
             raise BadRequest(f"input {name!r} must have rank {ranks.get(name, 1)}, got shape {list(value.shape)}")
         cols[name] = [_text(name, v) if isinstance(v, bytes) else v for v in value.tolist()] \
             if value.dtype == object else value
     return to_arrays(cols, dtypes)
+
+
+def _dtype_name(enum: int) -> str:
+    try:
+        return tf.as_dtype(enum).name
+    except TypeError:
+        return f"DataType {enum}"
 
 
 def _text(name: str, value: bytes) -> str:
@@ -61,6 +71,9 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     def __init__(self, predictor: Predictor) -> None:
         self.predictor = predictor
+        # A value takes at least a byte on the wire, unless a short list is filled out to
+        # its shape: this bounds what that fill may allocate.
+        self.max_elements = predictor.limits.max_request_bytes
 
     def Predict(self, request, context):  # noqa: N802 - the proto's name
         """PredictRequest -> PredictResponse; a refusal aborts with TF Serving's status code."""
@@ -71,7 +84,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             arrays = {}
             if signature in loaded.model.signature_defs:
                 arrays = request_arrays(request.inputs, loaded.model.input_dtypes(signature),
-                                        loaded.model.input_ranks(signature))
+                                        loaded.model.input_ranks(signature), self.max_elements)
             self.predictor.check(loaded, signature, arrays)
         except ServingError as err:
             self.predictor.record_refusal(spec.name, signature, "grpc", err, started)
@@ -82,7 +95,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             _abort(context, err)
         response = predict_pb2.PredictResponse(model_spec=_spec(spec.name, loaded.version, signature))
         for name, value in outputs.items():
-            response.outputs[name].CopyFrom(tf.make_tensor_proto(value))
+            response.outputs[name].CopyFrom(to_proto(value))
         return response
 
     def GetModelMetadata(self, request, context):  # noqa: N802

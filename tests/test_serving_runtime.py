@@ -53,12 +53,16 @@ def _stub(server):
             model_service_pb2_grpc.ModelServiceStub(channel))
 
 
-def _grpc_predict(stub, signature, instances, name="tiny", dtypes=None):
+def _grpc_request(signature, instances, name="tiny", dtypes=None):
     """A PredictRequest built as a TF Serving user builds it: TensorProtos by input name."""
     request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=name, signature_name=signature))
     for key in instances[0]:
         request.inputs[key].CopyFrom(tf.make_tensor_proto([row[key] for row in instances], dtype=dtypes[key]))
-    response = stub.Predict(request, timeout=60)
+    return request
+
+
+def _grpc_predict(stub, signature, instances, name="tiny", dtypes=None):
+    response = stub.Predict(_grpc_request(signature, instances, name, dtypes), timeout=60)
     return {key: tf.make_ndarray(proto) for key, proto in response.outputs.items()}
 
 
@@ -124,6 +128,23 @@ def test_grpc_errors_carry_rest_messages_and_tf_serving_codes(servers):
         grpc_client.predict("greedy", inputs={"prompt": ["the"], "max_new_tokens": np.array([1.5])})
     with pytest.raises(ValueError, match=r"input 'max_new_tokens' of greedy is out of range for int32"):
         grpc_client.predict("greedy", inputs={"prompt": ["the"], "max_new_tokens": np.array([2**40])})
+
+
+def test_grpc_refuses_a_shape_its_values_do_not_fill_before_allocating_it(servers):
+    """A TensorProto fills its shape from its last value: 2^40 prompts in a 40-byte request
+    would ask for 8 TB. It is refused by name, and the server stays up (checked at teardown)."""
+    (server, *_), _ = servers
+    prediction, _ = _stub(server)
+    request = _grpc_request("greedy", request_instances(["the"], "greedy"), dtypes=_dtypes(prediction)["greedy"])
+    request.inputs["prompt"].tensor_shape.dim[0].size = 2**40
+    with pytest.raises(grpc.RpcError) as err:
+        prediction.Predict(request, timeout=60)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == ("input 'prompt' has shape [1099511627776] (1,099,511,627,776 values); a request "
+                                   "may hold at most 8,388,608 values an input (serve.max_request_bytes): "
+                                   "send fewer or shorter rows")
+    request.inputs["prompt"].tensor_shape.dim[0].size = 1  # the same request, well formed, is answered
+    assert prediction.Predict(request, timeout=60).outputs["text"].string_val
 
 
 @pytest.mark.slow
