@@ -126,6 +126,8 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=16, help="load: serve.batching.max_batch_size")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64], help="load: client counts")
     parser.add_argument("--apis", nargs="+", default=["rest", "grpc"], choices=["rest", "grpc"])
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="load: rounds of the side-by-side 16-client comparison (0: none)")
     args = parser.parse_args()
     print(f"CPU: {cpu_model()}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -140,10 +142,14 @@ def main() -> None:
                 server.terminate()
                 server.wait(timeout=60)
         if args.part in ("all", "load"):
-            from serve_load import run_load  # bench/serve_load.py
+            from serve_load import run_interleaved, run_load  # bench/serve_load.py
 
-            run_load(lambda *flags: start_server(base, args.budget, *flags), args.batch_timeout_micros,
-                     args.batch_threads, args.clients, args.apis, args.max_batch_size)
+            start = lambda *flags: start_server(base, args.budget, *flags)  # noqa: E731
+            run_load(start, args.batch_timeout_micros, args.batch_threads, args.clients, args.apis,
+                     args.max_batch_size)
+            if args.rounds:
+                run_interleaved(start, args.batch_timeout_micros, args.batch_threads, args.apis,
+                                args.max_batch_size, args.rounds)
 
 
 def run(server, url: str, budget: int) -> None:

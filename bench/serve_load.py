@@ -6,6 +6,10 @@ to the first streamed token over SSE (`:generate_stream`) and over gRPC (Predict
 Each of 1, 4, 16 and 64 clients sends one-prompt greedy requests for exactly 64 new
 tokens (min = max), one after another; printed per configuration: tokens/s over the
 whole run, p50 and p99 request latency, and against the same server's lone request.
+Then (`run_interleaved`, `--rounds`) the 16-client comparison again with the servers up
+side by side, driven in turn, so that a host whose speed drifts between the sequential runs
+(a shared machine: a lone request took 24 ms in one run and 86 ms in a later one) moves
+both sides of every ratio alike.
 
 Usage: python bench/serve.py --part load
 """
@@ -158,6 +162,43 @@ def run_load(start_server, timeouts_micros=(10_000,), threads: int = 1, clients_
                   f"{on['p50'] / results[timeout, api, 'lone']:.2f}x a lone request on the same server "
                   f"({on['p50'] / results[None, api, 'lone']:.2f}x a lone request with batching off, which does "
                   f"not wait batch_timeout_micros)")
+
+
+def run_interleaved(start_server, timeouts_micros=(10_000,), threads: int = 1, apis=("rest", "grpc"),
+                    max_batch: int = 16, rounds: int = 5, clients: int = 16) -> None:
+    """The 16-client comparison with the servers up side by side: batching off and on at each
+    timeout, driven in turn for `rounds` rounds, so that a machine whose speed drifts (a
+    shared host's neighbours) moves both sides of each ratio; the median ratio is printed."""
+    print(f"\ninterleaved: {clients} clients, batching off and on side by side, {rounds} rounds; "
+          f"per round: tokens/s on / off, p50 on / a lone request on the same server")
+    settings = (None, *timeouts_micros)
+    servers = {t: start_server(*(batching_flags(t, threads, max_batch) if t is not None else ())) for t in settings}
+    try:
+        for api in apis:
+            makers = {t: _client_maker(server, url, api) for t, (server, url) in servers.items()}
+            for make_client in makers.values():
+                drive(make_client, 4, 4)  # warm-up: graph runs of several batch sizes
+            ratios = {t: [] for t in timeouts_micros}
+            for _ in range(rounds):
+                off = drive(makers[None], clients, max(4, 96 // clients))
+                for timeout in timeouts_micros:
+                    lone = drive(makers[timeout], 1, 5)["p50"]
+                    on = drive(makers[timeout], clients, max(4, 96 // clients))
+                    ratios[timeout].append((on["tokens_per_s"] / off["tokens_per_s"], on["p50"] / lone))
+            for timeout, pairs in ratios.items():
+                print(f"  {api} at {clients} clients, timeout {timeout / 1000:.1f} ms: batching on gives "
+                      f"{statistics.median(p[0] for p in pairs):.2f}x the tokens/s of batching off (rounds: "
+                      f"{', '.join(f'{p[0]:.2f}' for p in pairs)}); p50 {statistics.median(p[1] for p in pairs):.2f}x "
+                      f"a lone request on the same server (rounds: {', '.join(f'{p[1]:.2f}' for p in pairs)})")
+    finally:
+        for server, _ in servers.values():
+            server.terminate()
+            server.wait(timeout=60)
+
+
+def _client_maker(server, url: str, api: str):
+    address = url.split("/v1/")[0] if api == "rest" else f"grpc://127.0.0.1:{server.grpc_port}"
+    return lambda: connect(address, "lm")
 
 
 def first_tokens(server, addresses: dict) -> None:
