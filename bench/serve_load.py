@@ -130,12 +130,11 @@ def run_load(start_server, timeouts_micros=(10_000,), threads: int = 1, clients_
     for timeout in (None, *timeouts_micros):
         server, url = start_server(*(batching_flags(timeout, threads, max_batch) if timeout is not None else ()))
         try:
-            addresses = {"rest": url.split("/v1/")[0], "grpc": f"grpc://127.0.0.1:{server.grpc_port}"}
+            addresses = _addresses(server, url)
             if timeout is None:
                 first_tokens(server, addresses)
             for api, address in [(a, addresses[a]) for a in apis]:
-                def make_client(address=address):
-                    return connect(address, "lm")
+                make_client = _connector(address)
                 drive(make_client, 4, 4)  # warm-up: graph runs of several batch sizes
                 lone = drive(make_client, 1, 10)["p50"]
                 results[timeout, api, "lone"] = lone
@@ -175,7 +174,7 @@ def run_interleaved(start_server, timeouts_micros=(10_000,), threads: int = 1, a
     servers = {t: start_server(*(batching_flags(t, threads, max_batch) if t is not None else ())) for t in settings}
     try:
         for api in apis:
-            makers = {t: _client_maker(server, url, api) for t, (server, url) in servers.items()}
+            makers = {t: _connector(_addresses(server, url)[api]) for t, (server, url) in servers.items()}
             for make_client in makers.values():
                 drive(make_client, 4, 4)  # warm-up: graph runs of several batch sizes
             ratios = {t: [] for t in timeouts_micros}
@@ -196,8 +195,13 @@ def run_interleaved(start_server, timeouts_micros=(10_000,), threads: int = 1, a
             server.wait(timeout=60)
 
 
-def _client_maker(server, url: str, api: str):
-    address = url.split("/v1/")[0] if api == "rest" else f"grpc://127.0.0.1:{server.grpc_port}"
+def _addresses(server, url: str) -> dict[str, str]:
+    """A bench server's REST and gRPC addresses, by API."""
+    return {"rest": url.split("/v1/")[0], "grpc": f"grpc://127.0.0.1:{server.grpc_port}"}
+
+
+def _connector(address: str):
+    """make_client for `drive`: a new client of the bench model at `address`."""
     return lambda: connect(address, "lm")
 
 

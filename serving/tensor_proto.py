@@ -2,7 +2,7 @@
 
 `tf.make_ndarray` and `tf.make_tensor_proto` cost ~10 us a tensor in Python (a stream
 call has ten inputs and four outputs), and `make_ndarray` fills a shape from its last value
-without a bound: a 20-byte proto of shape [4e9] would ask for 16 GB. Here the common
+without a bound: a 17-byte proto of shape [2^27] made it allocate 512 MB. Here the common
 layouts (`tensor_content` bytes; one typed value per element; a short value list filled out
 to its shape, as `tf.make_tensor_proto(5, shape=[3])` writes it) decode directly, and a
 shape is refused when it holds more elements than `max_elements`; anything rarer (half
@@ -100,17 +100,10 @@ def _filled(name: str, values, shape: list[int], count: int, dtype) -> np.ndarra
     none at all is zeros (empty strings: b"", where `tf.make_ndarray` gives "")."""
     if len(values) > count:
         raise BadRequest(f"input {name!r} sends {len(values)} values for shape {shape} ({count} values)")
-    if dtype is object:
-        array = np.empty(count, dtype=object)
-        array[:] = (values or [b""])[-1] if len(values) < count else b""
-        array[:len(values)] = values
-        return array.reshape(shape)
-    if not values:
-        return np.zeros(shape, dtype)
+    array = np.empty(count, dtype=dtype)
     try:
-        array = np.array(values, dtype=dtype)
+        array[:len(values)] = list(values)
+        array[len(values):] = values[-1] if values else (b"" if dtype is object else 0)
     except OverflowError:
-        raise BadRequest(f"input {name!r} holds a value out of range for {dtype.name}") from None
-    if array.size < count:
-        array = np.concatenate([array, np.full(count - array.size, array[-1], dtype)])
+        raise BadRequest(f"input {name!r} holds a value out of range for {np.dtype(dtype).name}") from None
     return array.reshape(shape)
