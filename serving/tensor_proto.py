@@ -100,8 +100,10 @@ def _filled(name: str, values, shape: list[int], count: int, dtype) -> np.ndarra
     none at all is zeros (empty strings: b"", where `tf.make_ndarray` gives "")."""
     if len(values) > count:
         raise BadRequest(f"input {name!r} sends {len(values)} values for shape {shape} ({count} values)")
-    array = np.empty(count, dtype=dtype)
     try:
+        if len(values) == count:  # the common case, in one call
+            return np.array(values, dtype=dtype).reshape(shape)
+        array = np.empty(count, dtype=dtype)
         array[:len(values)] = list(values)
         array[len(values):] = values[-1] if values else (b"" if dtype is object else 0)
     except OverflowError:
